@@ -1,0 +1,73 @@
+"""The one prompt format of the course (notebook 01 builds training data with it, notebook 05 queries with it).
+
+A model fine-tuned on one context layout and queried with another silently loses much of what it learned,
+so the dataset builder, the trainer and the RAG query engine all call these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping, Sequence
+
+NOT_IN_DOCUMENTS = "The documents do not contain the answer to this question."
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def format_passage(index: int, text: str, title: str = "", section: str = "") -> str:
+    """``[2] (Fault Code Reference › E1xx) text`` — a numbered passage the answer can cite."""
+    label = f"{title} › {section}" if section and section != title else title
+    header = f"[{index}] ({label})" if label else f"[{index}]"
+    return f"{header} {' '.join(text.split())}"
+
+
+def user_prompt(question: str, passages: Sequence[Mapping[str, str]]) -> str:
+    """The user turn: numbered passages (dicts with text, title, section), then the question."""
+    blocks = [format_passage(i, p["text"], p.get("title", ""), p.get("section", "")) for i, p in enumerate(passages, 1)]
+    docs = "\n\n".join(blocks) if blocks else "(no documents were retrieved)"
+    return f"Documents:\n{docs}\n\nQuestion: {question.strip()}"
+
+
+def closed_book_prompt(question: str) -> str:
+    """The user turn without retrieval (notebook 06's closed-book condition)."""
+    return f"Question: {question.strip()}"
+
+
+def messages(system: str, user: str, assistant: str | None = None) -> list[dict[str, str]]:
+    out = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if assistant is not None:
+        out.append({"role": "assistant", "content": assistant})
+    return out
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(" ".join(text.split())) if s.strip()]
+
+
+def quote_for(passage: str, key_fact: str) -> str:
+    """The sentence of ``passage`` that carries ``key_fact`` (the first sentence if none does)."""
+    sents = sentences(passage) or [passage.strip()]
+    key = key_fact.lower()
+    return next((s for s in sents if key and key in s.lower()), sents[0])
+
+
+def target_answer(answer: str, quotes: Iterable[tuple[int, str]] = ()) -> str:
+    """RAFT-style target: quote the passage(s) relied on, with their numbers, then answer.
+
+    With no quotes (the oracle passage is missing, or the question is unanswerable) the target is the
+    plain refusal: the model must learn to say the documents do not contain it instead of guessing.
+    """
+    quoted = [f'[{i}] "{q}"' for i, q in quotes]
+    if not quoted:
+        return NOT_IN_DOCUMENTS
+    return "Quote: " + " ".join(quoted) + f"\nAnswer: {answer.strip()}"
+
+
+def final_answer(generated: str) -> str:
+    """The answer part of a generated response (after ``Answer:``), or the whole text if there is none."""
+    match = re.search(r"Answer:\s*(.*)", generated, flags=re.S)
+    return (match.group(1) if match else generated).strip()
+
+
+def is_refusal(text: str) -> bool:
+    t = text.lower()
+    return "do not contain" in t or "does not contain" in t or "doesn't contain" in t or "not in the documents" in t

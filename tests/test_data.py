@@ -1,0 +1,221 @@
+"""Loaders, chunking, Q&A checks, synthetic filters, the group split and the leakage check (notebook 01)."""
+
+import json
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ragcourse import data, prompts
+from ragcourse.config import load_config, project_root
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    (tmp_path / "good.md").write_text("# Pump guide\n\n## Charge\n\nThe XR-7 pump holds 2.5 kg of R-290 refrigerant.\n")
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 manual\n\nTEMPERATURES\n\nThe caf\xe9 boiler runs at 95 degrees.\n".encode("latin-1"))
+    (tmp_path / "page.html").write_text("<html><head><title>Spec</title></head><body><h1>Spec</h1><p>Fan speed is 900 rpm.</p>"
+                                        "<table><tr><th>Part</th><th>No.</th></tr><tr><td>Fan</td><td>VT-20001</td></tr></table></body></html>")
+    (tmp_path / "empty.md").write_text("   \n\n")
+    (tmp_path / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj garbage without xref\n%%EOF")
+    (tmp_path / "blob.txt").write_bytes(b"\x00\x01\x02binary\x00" * 50)
+    (tmp_path / "slides.pptx").write_bytes(b"PK\x03\x04")
+    return tmp_path
+
+
+def test_loader_skips_bad_files_with_one_warning(messy_folder):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        docs = data.load_documents(messy_folder)
+    assert sorted(d.metadata["doc_id"] for d in docs) == ["good", "latin1", "page"]
+    ours = [w for w in caught if "need attention" in str(w.message)]
+    assert len(ours) == 1
+    text = str(ours[0].message)
+    for name, reason in [("empty.md", "empty"), ("corrupt.pdf", "corrupt PDF"), ("blob.txt", "binary"),
+                         ("slides.pptx", "unsupported"), ("latin1.txt", "not UTF-8")]:
+        assert name in text and reason in text, (name, text)
+    by_id = {d.metadata["doc_id"]: d for d in docs}
+    assert "café boiler runs at 95" in by_id["latin1"].text  # decoded, not mangled
+    assert by_id["page"].metadata["title"] == "Spec" and "Fan | VT-20001" in by_id["page"].text
+    assert "## TEMPERATURES" in by_id["latin1"].text
+
+
+def test_empty_result_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(data.DataError, match="No usable documents"):
+        data.load_documents(tmp_path)
+    with pytest.raises(data.DataError, match="data.corpus_dir"):
+        data.load_documents(tmp_path / "missing")
+
+
+def test_real_pdf_loads_by_page():
+    cfg = load_config("cpu-smoke")
+    docs = {d.metadata["doc_id"]: d for d in data.load_documents(cfg.data.corpus_dir)}
+    pdf = docs["annual-service-report-2025"]
+    assert pdf.metadata["format"] == "pdf" and "## Page 1" in pdf.text and len(pdf.text.split()) > 500
+
+
+def test_chunks_keep_headings_and_metadata(messy_folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        docs = data.load_documents(messy_folder)
+    chunks = data.chunk_documents(docs, chunk_size=64, chunk_overlap=8)
+    charge = next(c for c in chunks if "2.5 kg" in c.get_content())
+    assert charge.metadata["section"] == "Charge" and charge.get_content().startswith("## Charge")
+    assert charge.node_id.startswith("good#")
+    assert "Charge" in charge.get_content(metadata_mode="embed")  # title and section are embedded with the text
+    assert "good.md" not in charge.get_content(metadata_mode="embed")
+
+
+def test_sample_corpus_and_qa_are_consistent():
+    cfg = load_config("cpu-smoke")
+    docs = data.load_documents(cfg.data.corpus_dir)
+    assert len(docs) >= 30 and sum(len(d.text.split()) for d in docs) >= 25_000
+    assert {d.metadata["format"] for d in docs} >= {"md", "txt", "html", "pdf"}
+    items = data.load_qa(cfg.data.qa_dir)
+    assert len(items) >= 200
+    types = {t: sum(i["type"] == t for i in items) for t in ("factual", "numeric", "procedural", "multi_hop", "unanswerable")}
+    assert min(types.values()) >= 20, types
+    for item in items:
+        assert item["key_fact"] in item["answer"], item["id"]
+        if item["type"] == "unanswerable":
+            assert prompts.is_refusal(item["answer"]) and not item["doc_ids"], item["id"]
+    chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    located = data.locate_oracles(items, chunks)  # raises if any supporting passage is missing
+    assert all(len(i["oracle_ids"]) == len(i["doc_ids"]) for i in located)
+
+
+def test_bad_qa_line_is_named(tmp_path):
+    (tmp_path / "qa.jsonl").write_text('{"id": "a", "question": "q?"}\n')
+    with pytest.raises(data.DataError, match=r"qa.jsonl:1: missing field"):
+        data.load_qa(tmp_path)
+    (tmp_path / "qa.jsonl").write_text("not json\n")
+    with pytest.raises(data.DataError, match=r"qa.jsonl:1 is not valid JSON"):
+        data.load_qa(tmp_path)
+
+
+def test_synthetic_parsing_and_filters():
+    assert data.parse_pairs('Sure! {"question": "What is X?", "answer": "Y"} trailing') == [("What is X?", "Y")]
+    assert data.parse_pairs("{'question': 'What is X?', 'answer': 'Y',}") == [("What is X?", "Y")]  # malformed JSON
+    assert data.parse_pairs("Question: What is the AH-9 charge?\nAnswer: 1.10 kg") == [("What is the AH-9 charge?", "1.10 kg")]
+    assert data.parse_pairs("I cannot help with that.") == []
+    passage = "The AH-9 holds 1.10 kg of R-290."
+    ok = "What is the R-290 charge of the AH-9?"
+    assert data.rejection_reason(ok, "1.10 kg", passage, []) is None
+    assert "near-duplicate" in data.rejection_reason(ok, "1.10 kg", passage, ["What is the R-290 charge of the AH-9 unit?"])
+    assert "length" in data.rejection_reason("Charge?", "1.10 kg", passage, [])
+
+
+def test_generate_synthetic_keeps_rejections_with_reasons():
+    from llama_index.core.schema import TextNode
+
+    chunks = [TextNode(text="The GC-12 brine pump is part VT-20330 and runs at 55 W.", id_="gc#000",
+                       metadata={"doc_id": "gc", "title": "GC-12 manual"}),
+              TextNode(text="Noise limits are 55 dB(A).", id_="noise#000", metadata={"doc_id": "noise", "title": "Noise"})]
+    replies = ['{"question": "Which part number is the GC-12 brine pump?", "answer": "VT-20330"}', "no idea"]
+    result = data.generate_synthetic(chunks, lambda prompts_: replies)
+    assert [a["key_fact"] for a in result.accepted] == ["VT-20330"] and result.accepted[0]["oracle_ids"] == ["gc#000"]
+    assert result.rejected[0]["reason"].startswith("unparseable")
+
+
+def _fake_items():
+    items = []
+    for d in range(12):
+        for q in range(5):
+            items.append({"id": f"d{d}q{q}", "question": f"Question {q} about document {d} and its figures?",
+                          "doc_ids": [f"doc{d}"], "type": "factual"})
+    items.append({"id": "hop", "question": "Multi-hop across doc0 and doc11?", "doc_ids": ["doc0", "doc11"], "type": "multi_hop"})
+    items += [{"id": f"u{i}", "question": f"Unanswerable {i}?", "doc_ids": [], "type": "unanswerable"} for i in range(10)]
+    return items
+
+
+def test_group_split_never_shares_a_document():
+    items = _fake_items()
+    groups = {f"doc{d}": f"doc{d}" for d in range(12)}
+    groups["doc11"] = "doc0"  # joined by the multi-hop question
+    splits = data.group_split(items, groups, [0.7, 0.15, 0.15], seed=0)
+    docs = {s: {d for it in splits[s] for d in it["doc_ids"]} for s in data.SPLITS}
+    assert not docs["train"] & docs["test"] and not docs["train"] & docs["validation"] and not docs["validation"] & docs["test"]
+    assert sum(len(v) for v in splits.values()) == len(items)
+    assert all(len(splits[s]) > 0 for s in data.SPLITS)
+
+
+def test_document_groups_join_near_duplicates_and_multi_hop():
+    from llama_index.core import Document
+
+    base = " ".join(f"word{i}" for i in range(300))
+    docs = [Document(text=base, metadata={"doc_id": "reg-v1"}),
+            Document(text=base.replace("word150", "changed"), metadata={"doc_id": "reg-v2"}),
+            Document(text=" ".join(f"other{i}" for i in range(300)), metadata={"doc_id": "a"}),
+            Document(text=" ".join(f"third{i}" for i in range(300)), metadata={"doc_id": "b"})]
+    groups = data.document_groups(docs, [{"doc_ids": ["a", "b"]}])
+    assert groups["reg-v1"] == groups["reg-v2"] and groups["a"] == groups["b"] and groups["a"] != groups["reg-v1"]
+
+
+def test_cross_split_duplicates_are_removed():
+    splits = {"train": [{"id": "t1", "question": "What is the refrigerant charge of the AH-14 unit?"},
+                        {"id": "t2", "question": "Who approves warranty claims above EUR 5,000?"}],
+              "validation": [], "test": [{"id": "x1", "question": "What is the refrigerant charge of the AH-14 unit ?"}]}
+    removed = data.remove_cross_split_duplicates(splits, threshold=0.85)
+    assert [r["id"] for r in removed] == ["t1"] and [i["id"] for i in splits["train"]] == ["t2"]
+
+
+def test_leakage_report_detects_a_planted_leak():
+    ex = lambda i, docs, oracle, ctx: {"id": i, "doc_ids": docs, "oracle_ids": oracle, "context_ids": ctx}
+    clean = {"train": [ex("a", ["d1"], ["d1#0"], ["d1#0", "d1#3"])], "validation": [],
+             "test": [ex("b", ["d2"], ["d2#0"], ["d2#0", "d2#1"])]}
+    assert data.leakage_report(clean, [])["test_questions_whose_oracle_chunk_is_in_train"] == []
+    leaky = {**clean, "train": [ex("a", ["d1"], ["d1#0"], ["d1#0", "d2#0"])]}
+    assert data.leakage_report(leaky, [])["test_questions_whose_oracle_chunk_is_in_train"] == ["b"]
+
+
+def test_raft_example_without_oracle_refuses_and_hides_the_answer():
+    from llama_index.core.schema import TextNode
+
+    nodes = {"d#0": TextNode(text="The AH-14 charge is 1.45 kg.", id_="d#0", metadata={"doc_id": "d", "title": "T", "section": "S"}),
+             "d#1": TextNode(text="The AH-14 weighs 1.45 kg more than before.", id_="d#1", metadata={"doc_id": "d", "title": "T", "section": "S"}),
+             "e#0": TextNode(text="Warranty is five years.", id_="e#0", metadata={"doc_id": "e", "title": "W", "section": "S"}),
+             "f#0": TextNode(text="Travel is paid per km.", id_="f#0", metadata={"doc_id": "f", "title": "X", "section": "S"}),
+             "g#0": TextNode(text="Fans run at 900 rpm.", id_="g#0", metadata={"doc_id": "g", "title": "Y", "section": "S"})}
+    item = {"id": "q", "type": "numeric", "question": "What is the AH-14 charge?", "answer": "It is 1.45 kg.",
+            "key_fact": "1.45 kg", "doc_ids": ["d"], "supporting_passages": ["The AH-14 charge is 1.45 kg."], "oracle_ids": ["d#0"]}
+    rng = random.Random(0)
+    with_oracle = data.raft_example(item, nodes, ["d#1", "e#0", "f#0", "d#0"], 2, True, rng, "sys")
+    assert with_oracle["has_oracle"] and "d#1" not in with_oracle["context_ids"]  # holds the key fact: never a distractor
+    n = with_oracle["context_ids"].index("d#0") + 1
+    assert with_oracle["completion"][0]["content"].startswith(f'Quote: [{n}] "The AH-14 charge is 1.45 kg."')
+    without = data.raft_example(item, nodes, ["d#1", "e#0", "f#0", "g#0", "d#0"], 2, False, rng, "sys")
+    assert without["completion"][0]["content"] == prompts.NOT_IN_DOCUMENTS and "d#0" not in without["context_ids"]
+    assert len(without["context_ids"]) == len(with_oracle["context_ids"]) == 3
+
+
+@pytest.mark.slow
+def test_adapt_to_real_documentation(tmp_path):
+    """One config key points the pipeline at documentation nobody here wrote (installed packages' READMEs)."""
+    from ragcourse.realdocs import build_real_docs
+
+    files = build_real_docs(tmp_path / "docs")
+    assert len(files) >= 8
+    cfg = load_config("cpu-smoke", data={"corpus_dir": str(tmp_path / "docs"), "qa_dir": str(tmp_path / "qa")})
+    docs = data.load_documents(cfg.data.corpus_dir)
+    chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap)
+    assert len(chunks) > 100 and all(c.metadata["section"] for c in chunks)
+
+    def extractive_teacher(prompts_):  # a stand-in teacher: asks for the first number in each passage
+        out = []
+        for p in prompts_:
+            title = p.split('Passage from "')[1].split('"')[0]
+            import re
+            num = re.search(r"\b\d+(?:\.\d+)+\b|\b\d{2,}\b", p.split("Passage from")[1])
+            out.append(json.dumps({"question": f"Which number does the {title} documentation give here?",
+                                   "answer": num.group(0) if num else "none"}))
+        return out
+
+    picked = data.pick_synthetic_chunks(chunks, 40, seed=0)
+    synthetic = data.generate_synthetic(picked, extractive_teacher)
+    assert synthetic.accepted and synthetic.rejected  # duplicates of the same template are rejected
+    with pytest.warns(UserWarning, match="No curated Q&A"):
+        prepared = data.prepare(cfg, synthetic=synthetic, docs=docs, chunks=chunks)
+    assert sum(len(v) for v in prepared.examples.values()) == len(synthetic.accepted) - prepared.leakage["near_duplicate_questions_removed"]
+    assert not prepared.leakage["documents_in_two_splits"]
