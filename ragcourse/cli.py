@@ -39,6 +39,34 @@ def cmd_prepare_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from . import data
+    from .models import load_tokenizer
+
+    cfg = _start(args)
+    teacher = data.teacher_generate_fn(cfg) if args.synthetic else None
+    tokenizer = load_tokenizer(cfg)
+    synthetic = None
+    if teacher is not None:
+        docs = data.load_documents(cfg.data.corpus_dir)
+        chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, data.token_counter(tokenizer))
+        synthetic = data.generate_synthetic(data.pick_synthetic_chunks(chunks, cfg.data.synthetic_chunks, cfg.training.seed), teacher)
+        print(f"synthetic pairs: {len(synthetic.accepted)} kept, {len(synthetic.rejected)} rejected")
+    prepared = data.prepare(cfg, tokenizer, synthetic=synthetic)
+    target = data.save_dataset(prepared, cfg)
+    print(f"dataset: {', '.join(f'{s} {len(v)}' for s, v in prepared.examples.items())} -> {target}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _start(args)
+    target = train(cfg, resume=args.resume)
+    print(f"adapter saved to {target}")
+    return 0
+
+
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from .nbrun import run_all
 
@@ -58,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-models", help="convert/check the preset's models (embedded ones are converted once)")
     _config_args(p)
     p.set_defaults(func=cmd_prepare_models)
+    p = sub.add_parser("data", help="build the RAFT dataset (notebook 01) into outputs/<preset>/dataset")
+    _config_args(p)
+    p.add_argument("--synthetic", action="store_true", help="also ask the teacher model (data.teacher) for synthetic pairs")
+    p.set_defaults(func=cmd_data)
+    p = sub.add_parser("train", help="train the LoRA/QLoRA adapter (notebook 03); works under `accelerate launch`")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("notebooks", help="execute the course notebooks in order, in fresh kernels")
     p.add_argument("--preset", default=None)
     p.add_argument("--only", nargs="*", help="notebook names to run (default: all)")

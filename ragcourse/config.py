@@ -111,6 +111,8 @@ class QuantizationConfig:
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: str = "auto"
+    # FSDP needs the packed 4-bit weights stored in the compute dtype ("bfloat16"); plain training: "uint8".
+    bnb_4bit_quant_storage: str = "uint8"
 
 
 @dataclass
@@ -124,7 +126,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-4
     lr_scheduler_type: str = "constant"
-    warmup_ratio: float = 0.0
+    warmup_steps: float = 0.0  # an integer: steps; a float below 1: fraction of all steps (transformers 5)
     weight_decay: float = 0.0
     logging_steps: int = 2
     eval_steps: int = 8

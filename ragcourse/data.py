@@ -206,8 +206,8 @@ def chunk_documents(docs: Sequence["Document"], chunk_size: int, chunk_overlap: 
         first = node.get_content().lstrip().splitlines()[0] if node.get_content().strip() else ""
         node.metadata["section"] = first.lstrip("#").strip() if first.startswith("#") else node.metadata.get("title", "")
         node.metadata.pop("header_path", None)
-        node.excluded_embed_metadata_keys = ["doc_id", "file", "format"]
-        node.excluded_llm_metadata_keys = ["doc_id", "file", "format"]
+        # chunk_size counts the text only: title and section are added when embedding and prompting
+        node.excluded_embed_metadata_keys = node.excluded_llm_metadata_keys = list(node.metadata)
     splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=tokenizer,
                                 include_metadata=True, include_prev_next_rel=False, paragraph_separator="\n\n")
     chunks = splitter.get_nodes_from_documents(sections)
@@ -222,6 +222,8 @@ def chunk_documents(docs: Sequence["Document"], chunk_size: int, chunk_overlap: 
         counters[doc_id] = n + 1
         node.id_ = f"{doc_id}#{n:03d}"
         node.relationships = {}
+        node.excluded_embed_metadata_keys = ["doc_id", "file", "format"]
+        node.excluded_llm_metadata_keys = ["doc_id", "file", "format"]
         merged.append(node)
     return merged
 

@@ -140,6 +140,7 @@ def bnb_config(cfg: CourseConfig, hw: Hardware | None = None):
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=torch_dtype(compute_dtype_name(hw, q.bnb_4bit_compute_dtype)),
+        bnb_4bit_quant_storage=q.bnb_4bit_quant_storage,  # a dtype name; transformers resolves it
     )
 
 

@@ -1,0 +1,283 @@
+"""Evaluation (notebook 06): base vs tuned, closed-book vs RAG, with RAGAS metrics and confidence intervals.
+
+Every metric here runs offline on any machine. LLM-judged RAGAS metrics need a judge model that can write the JSON
+RAGAS parses; their parse failures are counted per metric, never averaged away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import prompts, scoring
+from .config import CourseConfig
+
+CONDITIONS = ("base closed-book", "base + RAG", "tuned closed-book", "tuned + RAG")
+NON_LLM_METRICS = ("non_llm_context_precision_with_reference", "non_llm_context_recall", "non_llm_string_similarity",
+                   "rouge_score(mode=fmeasure)", "semantic_similarity")
+READABLE = ("answer_correct", "token_f1")
+
+
+def _ragas():
+    """RAGAS and a factory for its legacy metric objects: the only ones ``ragas.evaluate`` accepts in 0.4.
+
+    They are deprecated in favour of ``ragas.metrics.collections`` (which ``evaluate`` does not take yet), so the
+    deprecation notice is silenced here, in one place.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ragas
+        from ragas import metrics
+
+    def make(name: str, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return getattr(metrics, name)(**kwargs)
+
+    return ragas, make
+
+
+# -- 1. answers for the four conditions ----------------------------------------------------------
+
+
+def answer_questions(model: Any, tokenizer: Any, system_prompt: str, examples: Sequence[Mapping[str, Any]],
+                     retrieve: Callable[[str], list[dict[str, str]]] | None, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Answer each question closed-book (``retrieve=None``) or with retrieved passages, in the training format."""
+    from .models import generate
+
+    rows, texts = [], []
+    for ex in examples:
+        passages = retrieve(ex["question"]) if retrieve else []
+        user = prompts.user_prompt(ex["question"], passages) if retrieve else prompts.closed_book_prompt(ex["question"])
+        texts.append(tokenizer.apply_chat_template(prompts.messages(system_prompt, user), tokenize=False,
+                                                   add_generation_prompt=True))
+        rows.append({"id": ex["id"], "contexts": [p["text"] for p in passages], "context_ids": [p.get("id", "") for p in passages]})
+    for row, answer in zip(rows, generate(model, tokenizer, texts, max_new_tokens=max_new_tokens)):
+        row["answer"] = answer
+    return rows
+
+
+def score_rows(examples: Sequence[Mapping[str, Any]], answers: Sequence[Mapping[str, Any]], condition: str) -> list[dict[str, Any]]:
+    """Readable per-question scores: key-fact correctness, token F1, refusals (right and wrong)."""
+    out = []
+    for ex, ans in zip(examples, answers):
+        judged = {**ex, "has_oracle": True}  # with or without retrieval, an answerable question wants its key fact
+        refused = prompts.is_refusal(ans["answer"])
+        unanswerable = ex["type"] == "unanswerable"
+        out.append({
+            "condition": condition, "id": ex["id"], "type": ex["type"], "question": ex["question"],
+            "reference": ex["answer"], "key_fact": ex["key_fact"], "answer": ans["answer"],
+            "answer_correct": float(scoring.is_correct(judged, ans["answer"])),
+            "token_f1": scoring.token_f1(ans["answer"], ex["answer"]),
+            "refused": refused, "right_refusal": refused and unanswerable, "wrong_refusal": refused and not unanswerable,
+            "contexts": list(ans["contexts"]), "context_ids": list(ans["context_ids"]),
+            "reference_contexts": list(ex.get("supporting_passages") or ex.get("contexts") or []),
+        })
+    return out
+
+
+# -- 2. RAGAS ---------------------------------------------------------------------------------
+
+
+def evaluation_dataset(rows: Sequence[Mapping[str, Any]]):
+    """A RAGAS ``EvaluationDataset`` (question, answer, retrieved contexts, reference, reference contexts)."""
+    ragas, _ = _ragas()
+    samples = [ragas.SingleTurnSample(user_input=r["question"], response=prompts.final_answer(r["answer"]),
+                                      reference=r["reference"], retrieved_contexts=r["contexts"] or [""],
+                                      reference_contexts=r["reference_contexts"] or [""]) for r in rows]
+    return ragas.EvaluationDataset(samples=samples)
+
+
+def ragas_embeddings(cfg: CourseConfig):
+    """The course's local embedding model, wrapped for RAGAS (no API)."""
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    from .models import resolve_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.embeddings import LangchainEmbeddingsWrapper
+
+        return LangchainEmbeddingsWrapper(HuggingFaceEmbeddings(model_name=resolve_model(cfg.embedding.name, cfg)))
+
+
+def non_llm_scores(rows: Sequence[Mapping[str, Any]], cfg: CourseConfig, embeddings: Any = None) -> list[dict[str, float]]:
+    """RAGAS metrics that need no LLM: non-LLM context precision/recall, string similarity, ROUGE, semantic similarity."""
+    ragas, m = _ragas()
+    metrics = [m("NonLLMContextPrecisionWithReference"), m("NonLLMContextRecall"), m("NonLLMStringSimilarity"),
+               m("RougeScore"), m("SemanticSimilarity", embeddings=embeddings or ragas_embeddings(cfg))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        result = ragas.evaluate(evaluation_dataset(rows), metrics=metrics, show_progress=False, raise_exceptions=False)
+    frame = result.to_pandas()
+    return frame[[c for c in NON_LLM_METRICS if c in frame.columns]].to_dict("records")
+
+
+@dataclass
+class JudgeResult:
+    scores: Any  # DataFrame, one row per sample, NaN where the judge's output could not be parsed
+    parse_failures: dict[str, int]
+    samples: int
+    seconds: float
+
+
+def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
+    """A RAGAS judge: the preset's model (``evaluation.judge: preset``), an OpenAI-compatible server
+    (``openai``: OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL), or a hub id / folder loaded locally."""
+    import os
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.llms import LangchainLLMWrapper
+    if cfg.evaluation.judge == "openai":
+        from langchain_openai import ChatOpenAI
+
+        from .env import secret
+
+        return LangchainLLMWrapper(ChatOpenAI(model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"), temperature=0,
+                                              base_url=os.environ.get("OPENAI_BASE_URL"), api_key=secret("OPENAI_API_KEY")))
+    from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
+    from transformers import pipeline
+
+    from .models import load_causal_lm, load_tokenizer, resolve_model
+
+    if cfg.evaluation.judge not in ("preset", "none"):
+        path = resolve_model(cfg.evaluation.judge, cfg)
+        tokenizer, model = load_tokenizer(cfg, path), load_causal_lm(cfg, path=path)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, max_new_tokens=256, do_sample=False,
+                    return_full_text=False)
+    return LangchainLLMWrapper(ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe)))
+
+
+def llm_judged_scores(rows: Sequence[Mapping[str, Any]], llm: Any, cfg: CourseConfig, embeddings: Any = None) -> JudgeResult:
+    """Faithfulness, response relevancy and LLM context precision/recall, with parse failures counted per metric."""
+    import time
+
+    ragas, m = _ragas()
+    from ragas.run_config import RunConfig
+
+    metrics = [m("Faithfulness", llm=llm), m("ResponseRelevancy", llm=llm, embeddings=embeddings or ragas_embeddings(cfg)),
+               m("LLMContextPrecisionWithReference", llm=llm), m("LLMContextRecall", llm=llm)]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = ragas.evaluate(evaluation_dataset(rows), metrics=metrics, show_progress=False, raise_exceptions=False,
+                                run_config=RunConfig(max_workers=1, timeout=600, max_retries=1))
+    frame = result.to_pandas()
+    names = [c for c in frame.columns if c not in ("user_input", "response", "reference", "retrieved_contexts", "reference_contexts")]
+    failures = {c: int(frame[c].isna().sum()) for c in names}
+    return JudgeResult(frame[names], failures, len(rows), time.perf_counter() - start)
+
+
+# -- 3. statistics --------------------------------------------------------------------------
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean with a percentile bootstrap confidence interval (scipy.stats.bootstrap)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    x = np.asarray([v for v in values if not (isinstance(v, float) and math.isnan(v))], dtype=float)
+    if len(x) == 0:
+        return float("nan"), float("nan"), float("nan")
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0]), float(x[0])
+    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+@dataclass
+class PairedComparison:
+    metric: str
+    mean_difference: float
+    low: float
+    high: float
+    wins: int
+    losses: int
+    p_value: float
+
+    @property
+    def beyond_noise(self) -> bool:
+        """True when the whole confidence interval of the paired difference lies above (or below) zero."""
+        return self.low > 0 or self.high < 0
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], metric: str, confidence: float = 0.95,
+                      n_resamples: int = 2000, seed: int = 0) -> PairedComparison:
+    """``a - b`` on the same questions: bootstrap CI of the mean difference, win/loss counts and a sign test p-value."""
+    from scipy.stats import binomtest
+
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, low, high = bootstrap_ci(diffs, confidence, n_resamples, seed)
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return PairedComparison(metric, mean, low, high, wins, losses, float(p))
+
+
+def summary(per_question: Any, metrics: Sequence[str], confidence: float = 0.95, n_resamples: int = 2000):
+    """Per-condition, per-metric mean with its bootstrap interval, as a tidy DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for condition, group in per_question.groupby("condition", sort=False):
+        for metric in metrics:
+            mean, low, high = bootstrap_ci(group[metric].tolist(), confidence, n_resamples)
+            rows.append({"condition": condition, "metric": metric, "mean": mean, "low": low, "high": high, "n": len(group)})
+    return pd.DataFrame(rows)
+
+
+def refusal_table(per_question: Any):
+    """Right refusals (on unanswerable questions) and wrong refusals (on answerable ones), per condition."""
+    import pandas as pd
+
+    out = []
+    for condition, g in per_question.groupby("condition", sort=False):
+        unans, ans = g[g.type == "unanswerable"], g[g.type != "unanswerable"]
+        out.append({"condition": condition,
+                    "right refusals": f"{int(unans.right_refusal.sum())}/{len(unans)}",
+                    "wrong refusals": f"{int(ans.wrong_refusal.sum())}/{len(ans)}"})
+    return pd.DataFrame(out)
+
+
+def conclusion(cmp: PairedComparison, a: str, b: str, confidence: float) -> str:
+    """A sentence computed from the paired comparison (notebook 06 prints it; nothing is written in advance)."""
+    direction = "better" if cmp.mean_difference > 0 else "worse"
+    verdict = (f"the difference is larger than the noise: the whole {confidence:.0%} interval "
+               f"[{cmp.low:+.2f}, {cmp.high:+.2f}] lies {'above' if cmp.low > 0 else 'below'} zero"
+               if cmp.beyond_noise else
+               f"the difference is within the noise: the {confidence:.0%} interval [{cmp.low:+.2f}, {cmp.high:+.2f}] includes zero")
+    return (f"On {cmp.metric}, {a} is {direction} than {b} by {abs(cmp.mean_difference):.2f} on average "
+            f"({cmp.wins} questions better, {cmp.losses} worse, sign test p = {cmp.p_value:.3f}); {verdict}.")
+
+
+def write_report(folder: Path, table: Any, refusals: Any, comparisons: Sequence[PairedComparison], sentences: Sequence[str],
+                 judge: JudgeResult | None, per_question: Any, cfg: CourseConfig) -> Path:
+    """Results as CSV/JSON and a one-page Markdown report, written atomically."""
+    from .artifacts import atomic_dir, write_manifest
+
+    with atomic_dir(folder) as tmp:
+        per_question.drop(columns=["contexts", "reference_contexts"]).to_csv(tmp / "per_question.csv", index=False)
+        table.to_csv(tmp / "summary.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps({
+            "summary": table.to_dict("records"), "refusals": refusals.to_dict("records"),
+            "paired": [c.__dict__ | {"beyond_noise": c.beyond_noise} for c in comparisons],
+            "judge_parse_failures": judge.parse_failures if judge else None,
+            "judge_samples": judge.samples if judge else 0}, indent=2))
+        lines = [f"# Evaluation report — preset `{cfg.preset}`", "",
+                 f"{per_question.id.nunique()} test questions (split by document: no test passage was trained on), "
+                 f"{len(per_question.condition.unique())} conditions. Means with {cfg.evaluation.confidence:.0%} bootstrap intervals.", ""]
+        pivot = table.assign(cell=[f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(table["mean"], table.low, table.high)])
+        lines += [pivot.pivot(index="condition", columns="metric", values="cell").to_markdown(), "", "## Refusals", "",
+                  refusals.to_markdown(index=False), "", "## Conclusions", ""]
+        lines += [f"- {s}" for s in sentences]
+        if judge is not None:
+            lines += ["", f"## LLM judge ({judge.samples} samples)", "",
+                      "Parse failures per metric: " + ", ".join(f"{k}: {v}/{judge.samples}" for k, v in judge.parse_failures.items())]
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+        write_manifest(tmp, cfg, {})
+    return folder

@@ -1,0 +1,188 @@
+"""Merging an adapter into its base, checking the merge, and adapters as swappable modules (notebook 04)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import CourseConfig
+from .hardware import compute_dtype_name, detect_hardware
+
+# Largest acceptable |merged - adapter| logit difference, by the dtype the merge is done in. fp32 differs only by
+# summation order; 16-bit formats round W + BA once more (bf16 keeps ~3 significant digits).
+TOLERANCE = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.5}
+
+
+def merge_dtype(cfg: CourseConfig) -> str:
+    """The 16-bit (or, on CPU, 32-bit) dtype to merge in: the preset's compute dtype, never 4-bit."""
+    return compute_dtype_name(detect_hardware(), cfg.model.torch_dtype)
+
+
+def fresh_base(cfg: CourseConfig, kind: str = "auto") -> Any:
+    """A freshly loaded 16-bit (fp32 on CPU) base to merge into; never the 4-bit training model itself.
+
+    ``original``: the released checkpoint's weights. ``dequantized``: the NF4 weights the QLoRA adapter was trained
+    against, loaded in 4-bit and dequantized once into 16-bit. ``auto`` picks ``dequantized`` when the adapter was
+    trained on a 4-bit base: the adapter learned to correct *those* weights, so merging into them reproduces exactly
+    what was trained, with no re-quantization.
+    """
+    from .hardware import torch_dtype
+    from .models import load_causal_lm
+
+    if kind == "auto":
+        kind = "dequantized" if cfg.quantization.load_in_4bit else "original"
+    if kind == "original":
+        return load_causal_lm(cfg, quantize=False)
+    if kind != "dequantized":
+        raise ValueError(f"base kind must be auto, original or dequantized, got {kind!r}")
+    model = load_causal_lm(cfg, quantize=True)
+    model = model.dequantize(dtype=torch_dtype(merge_dtype(cfg)))
+    return model
+
+
+def load_adapter_model(cfg: CourseConfig, adapter_dir: str | Path | None = None, base: str = "auto") -> Any:
+    """A fresh 16-bit base (see :func:`fresh_base`) with the trained adapter on top (a ``PeftModel``)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir or cfg.artifact_dir("adapter"))
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"No adapter in {adapter_dir}: run notebook 03 or `ragcourse train --preset {cfg.preset}`.")
+    return PeftModel.from_pretrained(fresh_base(cfg, base), str(adapter_dir))
+
+
+def merge(cfg: CourseConfig, adapter_dir: str | Path | None = None, base: str = "auto") -> tuple[Any, Any]:
+    """(adapter model, merged model): the adapter on a fresh 16-bit base, and a merged copy of the same weights.
+
+    ``merge_and_unload`` computes W + (alpha/r)·B·A once per layer, so the merged model runs as fast as the base.
+    """
+    import copy
+
+    adapter_model = load_adapter_model(cfg, adapter_dir, base)
+    merged = copy.deepcopy(adapter_model).merge_and_unload()
+    return adapter_model.eval(), merged.eval()
+
+
+def max_logit_difference(model_a: Any, model_b: Any, tokenizer: Any, prompts: Sequence[str]) -> list[float]:
+    """Largest absolute difference of next-token logits over every position of each prompt."""
+    import torch
+
+    diffs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model_a.device)
+        with torch.no_grad():
+            a = model_a(**ids).logits.float()
+            b = model_b(**ids).logits.float()
+        diffs.append(float((a - b).abs().max()))
+    return diffs
+
+
+def finalize_generation_config(model: Any, tokenizer: Any) -> None:
+    """Make generation stop at the chat template's end-of-turn token and pad with the (non-EOS) pad token."""
+    gen = model.generation_config
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.do_sample = False
+    for key in ("temperature", "top_p", "top_k"):  # sampling knobs would only warn with greedy decoding
+        setattr(gen, key, None)
+
+
+def save_merged(model: Any, tokenizer: Any, cfg: CourseConfig, target: Path | None = None, **extra: Any) -> Path:
+    """Save the merged model as safetensors with its tokenizer, chat template, generation config and manifest."""
+    from .artifacts import atomic_dir, file_hashes, write_manifest
+
+    target = target or cfg.artifact_dir("merged")
+    adapter_manifest = cfg.artifact_dir("adapter") / "manifest.json"
+    finalize_generation_config(model, tokenizer)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, cfg, file_hashes([adapter_manifest]) if adapter_manifest.is_file() else {}, **extra)
+    return target
+
+
+def folder_mb(path: str | Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+def load_or_build_merged(cfg: CourseConfig) -> tuple[Any, Any]:
+    """(merged model, tokenizer) from ``outputs/<preset>/merged``, merging the adapter first if it is missing."""
+    from .models import load_causal_lm, load_tokenizer
+    from .train import ensure_pad_token
+
+    target = cfg.artifact_dir("merged")
+    if not (target / "model.safetensors").is_file() and not list(target.glob("model-*.safetensors")):
+        print(f"No merged model at {target}: merging the adapter now (notebook 04 explains it).")
+        tokenizer = load_tokenizer(cfg, str(cfg.artifact_dir("adapter")))
+        ensure_pad_token(tokenizer)
+        _, merged = merge(cfg)
+        save_merged(merged, tokenizer, cfg, target)
+    return load_causal_lm(cfg, quantize=False, path=str(target)), load_tokenizer(cfg, str(target))
+
+
+# -- adapters as modules: one per version of a rule ------------------------------------------------
+
+
+def changed_figures(markdown: str) -> list[dict[str, str]]:
+    """Rows of a "| Clause | Subject | Version 1 | Version 2 |" Markdown table (the regulation's change list)."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.match(r"^\d+(\.\d+)*$", cells[0]):
+            rows.append({"clause": cells[0], "subject": cells[1], "v1": cells[2], "v2": cells[3]})
+    return rows
+
+
+RULE_QUESTIONS = ("Under FSR-7, what is the {s}?", "What does FSR-7 set as the {s}?", "FSR-7: {s}?")
+
+
+def _subject(row: dict[str, str]) -> str:
+    s = row["subject"]
+    return s if s[:2].isupper() else s[0].lower() + s[1:]  # keep acronyms such as "FSR-7" intact
+
+
+def rule_questions(changes: Sequence[dict[str, str]]) -> list[str]:
+    """One question per changed figure (the first phrasing the adapters were trained on)."""
+    return [RULE_QUESTIONS[0].format(s=_subject(row)) for row in changes]
+
+
+def rule_examples(changes: Sequence[dict[str, str]], version: str, system_prompt: str) -> list[dict[str, Any]]:
+    """Closed-book prompt/completion pairs that teach one version's figures (three phrasings per figure)."""
+    out = []
+    for row in changes:
+        subject = _subject(row)
+        for template in RULE_QUESTIONS:
+            out.append({
+                "prompt": [{"role": "system", "content": system_prompt},
+                           {"role": "user", "content": template.format(s=subject)}],
+                "completion": [{"role": "assistant", "content": f"Under FSR-7 the {subject} is {row[version]}."}],
+                "question": template.format(s=subject), "key_fact": row[version],
+            })
+    return out
+
+
+def train_rule_adapter(cfg: CourseConfig, examples: list[dict[str, Any]], target: Path, steps: int = 30) -> Path:
+    """A small adapter that memorises one version of the rules (closed book): a module you can swap, not a new base."""
+    import copy
+
+    from datasets import Dataset, DatasetDict
+
+    from .artifacts import atomic_dir
+    from .models import load_tokenizer
+    from .train import load_model_for_training, make_trainer
+
+    small = copy.deepcopy(cfg)
+    small.training.max_steps = steps
+    small.training.eval_steps = small.training.save_steps = steps
+    small.training.logging_steps = max(steps // 5, 1)
+    ds = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    tokenizer = load_tokenizer(cfg)
+    with atomic_dir(target) as tmp:
+        trainer = make_trainer(small, load_model_for_training(small), tokenizer, DatasetDict(train=ds, validation=ds),
+                               tmp / "checkpoints", disable_tqdm=True)
+        trainer.train()
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        import shutil
+
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+    return target

@@ -1,0 +1,322 @@
+"""QLoRA training with TRL (notebook 03): model, pre-flight check, SFTConfig/SFTTrainer, checkpoints, adapter.
+
+The notebook shows the calls that matter (BitsAndBytesConfig, LoraConfig, SFTConfig, SFTTrainer); the CLI
+(`ragcourse train`) runs the same functions, also under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import CourseConfig
+from .hardware import Hardware, compute_dtype_name, detect_hardware
+
+if TYPE_CHECKING:  # pragma: no cover
+    from datasets import DatasetDict
+
+# Tokens that several model families ship for padding; used when the tokenizer pads with EOS.
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "<|pad|>", "[PAD]", "<unk>")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE_MARKERS = ("trainer_state.json", "adapter_model.safetensors")  # trainer_state.json is written last
+
+
+def ensure_pad_token(tokenizer: Any) -> str:
+    """Make the pad token different from EOS (returns the pad token).
+
+    If pad == EOS, the collator masks every EOS as padding and the model never learns to stop: the classic
+    "it keeps talking after fine-tuning" bug. We pick an existing spare token, so no embedding resize is needed.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return tokenizer.pad_token
+    vocab = tokenizer.get_vocab()
+    for token in PAD_CANDIDATES:
+        if token in vocab and vocab[token] != tokenizer.eos_token_id:
+            tokenizer.pad_token = token
+            return token
+    raise ValueError("The tokenizer has no spare token to pad with; add one with tokenizer.add_special_tokens "
+                     "({'pad_token': '<|pad|>'}) and model.resize_token_embeddings(len(tokenizer)).")
+
+
+def load_model_for_training(cfg: CourseConfig, hw: Hardware | None = None):
+    """The base model (4-bit when ``quantization.load_in_4bit``) made ready for k-bit training, with LoRA attached."""
+    from peft import prepare_model_for_kbit_training
+
+    from .lora import get_peft_model, lora_config
+    from .models import load_causal_lm
+
+    hw = hw or detect_hardware()
+    model = load_causal_lm(cfg, hw=hw)
+    if cfg.quantization.load_in_4bit:
+        # Casts norms to fp32 and freezes the base; the Trainer switches activation checkpointing on itself.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.training.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return get_peft_model(model, lora_config(cfg))
+
+
+def optimizer_name(cfg: CourseConfig, hw: Hardware) -> str:
+    """``auto``: paged 8-bit AdamW on a GPU (spikes page to CPU RAM instead of crashing), plain AdamW on CPU."""
+    if cfg.training.optim != "auto":
+        return cfg.training.optim
+    return "paged_adamw_8bit" if hw.device == "cuda" else "adamw_torch"
+
+
+def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None, **overrides: Any):
+    """``trl.SFTConfig`` from the course config: precision from the hardware, evaluation/early stopping, checkpoints."""
+    from trl import SFTConfig
+
+    hw = hw or detect_hardware()
+    t = cfg.training
+    dtype = compute_dtype_name(hw, cfg.model.torch_dtype)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim=optimizer_name(cfg, hw),
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        bf16=dtype == "bfloat16" and hw.device == "cuda",
+        fp16=dtype == "float16" and hw.device == "cuda",
+        use_cpu=hw.device == "cpu",
+        max_length=cfg.model.max_length,
+        packing=t.packing,
+        completion_only_loss=True,  # loss on the answer only (prompt/completion dataset form)
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def sft_columns(dataset: "DatasetDict") -> "DatasetDict":
+    """Only ``prompt``/``completion``: with a ``messages`` column present TRL would train on whole conversations."""
+    return dataset.select_columns(["prompt", "completion"])
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight check found (notebook 03, "Pre-flight")."""
+
+    table: Any  # pandas DataFrame: token, id, carries_loss
+    pad_token: str
+    eos_token: str
+    pad_is_eos: bool
+    eos_trained: bool
+    loss_tokens: int
+    total_tokens: int
+
+
+def preflight(trainer: Any, tokenizer: Any, index: int = 0) -> Preflight:
+    """Collate one training example exactly as the trainer will and show which tokens carry loss.
+
+    Checks that the pad token is not EOS and that the final EOS is a training target (the model learns to stop).
+    """
+    import pandas as pd
+
+    row = trainer.train_dataset[index]
+    batch = trainer.data_collator([row])
+    ids = batch["input_ids"][0].tolist()
+    labels = batch["labels"][0].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    table = pd.DataFrame({"token": tokens, "id": ids, "carries_loss": [l != -100 for l in labels]})
+    trained = [i for i, l in zip(ids, labels) if l != -100]
+    # The template may add a newline after EOS; what matters is that the answer's closing EOS is a target.
+    return Preflight(table, tokenizer.pad_token, tokenizer.eos_token, tokenizer.pad_token_id == tokenizer.eos_token_id,
+                     tokenizer.eos_token_id in trained[-2:], len(trained), len(ids))
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoints a resume may use, oldest first: those whose files were all written."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        m = CHECKPOINT.match(path.name)
+        if m and path.is_dir() and all((path / f).is_file() for f in COMPLETE_MARKERS):
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def set_aside_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Rename checkpoints a killed run left half-written, so neither resume nor rotation ever uses them."""
+    root = Path(output_dir)
+    complete = set(complete_checkpoints(root))
+    moved = []
+    for path in sorted(root.glob("checkpoint-*")) if root.is_dir() else []:
+        if path.is_dir() and path not in complete:
+            target = root / f"incomplete-{path.name}"
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+            moved.append(target)
+    return moved
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def loss_curve_callback(path: str | Path | None = None, live: bool = True) -> Any:
+    """A TrainerCallback that collects train/validation loss, redraws a live plot in a notebook and saves a PNG."""
+    from transformers import TrainerCallback
+
+    # Defined here so that importing ragcourse.train does not import transformers.
+    class _LossCurve(TrainerCallback):
+        def __init__(self, path: str | Path | None = None, live: bool = True):
+            self.path, self.live = path, live
+            self.train: list[tuple[int, float]] = []
+            self.eval: list[tuple[int, float]] = []
+            self._handle = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "loss" in logs:
+                self.train.append((state.global_step, float(logs["loss"])))
+            if "eval_loss" in logs:
+                self.eval.append((state.global_step, float(logs["eval_loss"])))
+            if self.live and _in_notebook():
+                self._draw()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and self.path is not None:
+                from .plots import loss_curve
+
+                fig = loss_curve(self.train, self.eval, self.path)
+                import matplotlib.pyplot as plt
+
+                plt.close(fig)
+
+        def _draw(self):
+            import matplotlib.pyplot as plt
+            from IPython.display import display
+
+            from .plots import loss_curve
+
+            fig = loss_curve(self.train, self.eval)
+            if self._handle is None:
+                self._handle = display(fig, display_id=True)
+            else:
+                self._handle.update(fig)
+            plt.close(fig)
+
+    return _LossCurve(path, live)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+    except ImportError:
+        return False
+
+
+def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "DatasetDict", output_dir: str | Path,
+                 callbacks: list[Any] | None = None, hw: Hardware | None = None, **overrides: Any):
+    """``trl.SFTTrainer`` on the prompt/completion columns, with early stopping on validation loss."""
+    import torch
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
+
+    ensure_pad_token(tokenizer)
+    data = sft_columns(dataset)
+    args = sft_config(cfg, output_dir, hw=hw, **overrides)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience), *(callbacks or [])],
+    )
+    if not args.bf16:
+        # TRL casts the adapters of a quantized model to bf16 (the QLoRA paper's bf16 setting). With fp32 compute (CPU)
+        # or fp16 mixed precision (T4) the trainable weights must stay fp32: fp16 AMP refuses to unscale bf16
+        # gradients, and a CPU has no fast bf16 path anyway.
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+    return trainer
+
+
+def run_training(trainer: Any, resume: bool = False) -> Any:
+    """Train, resuming from the last *complete* checkpoint when ``resume`` (half-written ones are set aside)."""
+    checkpoint = None
+    if resume:
+        set_aside_incomplete_checkpoints(trainer.args.output_dir)
+        checkpoint = last_checkpoint(trainer.args.output_dir)
+        print(f"resuming from {checkpoint}" if checkpoint else "no complete checkpoint: starting from the beginning")
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path | None = None,
+                 loss_png: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Adapter + tokenizer (with chat template) + loss history + manifest, written atomically."""
+    from .artifacts import atomic_dir, file_hashes, write_manifest
+
+    target = target or cfg.artifact_dir("adapter")
+    if not trainer.is_world_process_zero():
+        return target
+    dataset_manifest = cfg.artifact_dir("dataset") / "manifest.json"
+    with atomic_dir(target) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        history = [h for h in trainer.state.log_history]
+        (tmp / "log_history.json").write_text(json.dumps(history, indent=2))
+        if loss_png is not None and Path(loss_png).is_file():
+            shutil.copy(loss_png, tmp / "loss_curve.png")
+        write_manifest(tmp, cfg, file_hashes([dataset_manifest]) if dataset_manifest.is_file() else {},
+                       best_checkpoint=trainer.state.best_model_checkpoint, best_eval_loss=trainer.state.best_metric,
+                       global_step=trainer.state.global_step, **(extra or {}))
+    return target
+
+
+def losses(log_history: list[dict[str, Any]]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, train loss) and (step, validation loss) pairs from ``trainer.state.log_history``."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    return train, evals
+
+
+def train(cfg: CourseConfig, resume: bool = False, live_plot: bool = False) -> Path:
+    """The whole of notebook 03 without the teaching: dataset, model, trainer, training, saved adapter."""
+    from .data import load_dataset_artifact
+    from .models import load_tokenizer
+
+    hw = detect_hardware()
+    tokenizer = load_tokenizer(cfg)
+    dataset = load_dataset_artifact(cfg)
+    model = load_model_for_training(cfg, hw)
+    plot_path = cfg.output_dir / "plots" / "loss_curve.png"
+    curve = loss_curve_callback(plot_path, live=live_plot)
+    trainer = make_trainer(cfg, model, tokenizer, dataset, cfg.output_dir / "checkpoints", callbacks=[curve], hw=hw)
+    run_training(trainer, resume=resume)
+    return save_adapter(trainer, tokenizer, cfg, loss_png=plot_path)

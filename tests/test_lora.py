@@ -1,0 +1,116 @@
+"""ragcourse.lora: architecture configs, target modules, LoraConfig and parameter counts (notebook 02)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ragcourse import lora
+from ragcourse.config import available_presets, load_config
+
+
+def test_importing_lora_and_memory_does_not_import_torch():
+    code = "import sys, ragcourse.lora, ragcourse.memory; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+@pytest.mark.parametrize("arch", lora.available_archs())
+def test_arch_configs_build_with_published_parameter_counts(arch):
+    info = lora.arch_info(arch)
+    assert lora.total_parameters(arch) == info["parameters"], info["name"]
+    config = lora.arch_config(arch)
+    assert config.model_type in {"llama", "qwen2", "mistral"}
+
+
+def test_every_preset_model_has_an_architecture_config():
+    for preset in available_presets():
+        name = load_config(preset).model.name
+        assert lora.arch_for_model(name) is not None, (preset, name)
+    assert lora.arch_for_model("Qwen/Qwen2.5-7B-Instruct") == "qwen2.5-7b"
+    with pytest.raises(KeyError):
+        lora.arch_info("gpt-17")
+
+
+@pytest.mark.parametrize("arch", ["smollm2-135m", "qwen2.5-7b", "mistral-7b-v0.3"])
+def test_target_module_candidates(arch):
+    groups = lora.target_module_candidates(arch)
+    assert groups["attention"] == lora.ATTENTION_MODULES
+    assert groups["mlp"] == lora.MLP_MODULES
+    assert groups["other"] == []  # the output head is never a candidate
+
+
+def test_target_sets_and_matching():
+    assert lora.resolve_target_modules("attention") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert lora.resolve_target_modules("all-linear") == "all-linear"
+    assert lora.resolve_target_modules(["q_proj"]) == ["q_proj"]
+    assert lora.matches_target("model.layers.3.self_attn.q_proj", ["q_proj", "v_proj"])
+    assert not lora.matches_target("model.layers.3.self_attn.k_proj", ["q_proj", "v_proj"])
+    assert lora.matches_target("model.layers.3.mlp.up_proj", r".*\.mlp\..*")
+
+
+def test_counts_from_the_config_alone():
+    # SmolLM2: per layer q 576x576, k/v 576x192, o 576x576, gate/up 576x1536, down 1536x576; 30 layers
+    assert lora.count_lora_parameters("smollm2-135m", 8, "attention") == 921_600
+    assert lora.count_lora_parameters("smollm2-135m", 8, "all-linear") == 2_442_240
+    assert lora.count_lora_parameters("smollm2-135m", 16, "attention") == 1_843_200
+    assert lora.count_lora_parameters("llama-2-7b", 8, "q,v") == 4_194_304
+    # Qwen2 has q/k/v biases: bias="lora_only" trains those too
+    with_bias = lora.count_lora_parameters("qwen2.5-1.5b", 8, "attention", bias="lora_only")
+    assert with_bias - lora.count_lora_parameters("qwen2.5-1.5b", 8, "attention") == 28 * (1536 + 256 + 256)
+
+
+@pytest.mark.slow
+def test_counts_equal_peft_on_the_real_smollm2_for_every_sweep_setting():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ragcourse import models
+
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_model(models.SMOLLM2), dtype=torch.float32)
+    for targets in lora.SWEEP_TARGETS:
+        for r in lora.SWEEP_RANKS:
+            trainable, total = lora.count_with_peft(model, r, targets)
+            assert lora.count_lora_parameters(models.SMOLLM2, r, targets) == trainable, (targets, r)
+            assert total - trainable == lora.total_parameters("smollm2-135m")
+    assert not any("lora_" in name for name, _ in model.named_parameters())  # adapters were removed again
+
+
+@pytest.mark.parametrize("arch", ["qwen2.5-7b", "llama-3.1-8b"])
+def test_counts_equal_peft_on_meta_models(arch):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(lora.arch_config(arch))
+    for targets in ("attention", "all-linear"):
+        assert lora.count_with_peft(model, 16, targets)[0] == lora.count_lora_parameters(arch, 16, targets)
+
+
+def test_lora_config_from_the_course_config():
+    cfg = load_config("cpu-smoke")
+    config = lora.lora_config(cfg)
+    assert config.r == cfg.lora.r and config.lora_alpha == cfg.lora.lora_alpha
+    assert set(config.target_modules) == set(cfg.lora.target_modules)
+    assert config.task_type == "CAUSAL_LM"
+    assert lora.lora_config(load_config("gpu-24gb")).target_modules == "all-linear"
+    assert lora.lora_config(cfg, r=32, target_modules="all-linear").r == 32
+
+
+def test_scaling():
+    assert lora.scaling(8, 16) == 2.0
+    assert lora.scaling(16, 16, use_rslora=True) == 4.0
+
+
+def test_the_committed_sweep_cache_is_what_the_notebook_loads():
+    cfg = load_config("cpu-smoke")
+    path = lora.sweep_cache_path(cfg)
+    sweep = json.loads(path.read_text())
+    assert lora._cache_matches(sweep, cfg, lora.SweepSettings())
+    got = {(row["targets"], row["r"]) for row in sweep["results"]}
+    assert got == {(t, r) for t in lora.SWEEP_TARGETS for r in lora.SWEEP_RANKS}
+    for row in sweep["results"]:
+        assert row["trainable_params"] == lora.count_lora_parameters(cfg.model.name, row["r"], row["targets"])
+        assert row["val_loss"] < sweep["val_loss_base"], row  # every setting learned something
+        assert row["s_per_step"] > 0

@@ -1,0 +1,193 @@
+"""ragcourse.memory: the training-memory estimator of notebook 02, section 4."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ragcourse import lora, memory
+from ragcourse.config import load_config, project_root
+
+SEVEN_B = memory.MemorySpec(model="qwen2.5-7b", weights="nf4-dq", lora_r=16, target_modules="all-linear",
+                            batch_size=4, seq_len=1024)
+
+
+def test_weights_shrink_with_precision_for_every_architecture():
+    for arch in lora.available_archs():
+        by_format = {w: memory.estimate(replace(SEVEN_B, model=arch, weights=w)) for w in ("bfloat16", "int8", "nf4", "nf4-dq")}
+        weights = {w: e.weights + e.quant_constants for w, e in by_format.items()}
+        assert weights["nf4-dq"] < weights["nf4"] < weights["int8"] < weights["bfloat16"], arch
+        assert by_format["nf4-dq"].quant_constants < by_format["nf4"].quant_constants
+        assert by_format["bfloat16"].quant_constants == 0
+
+
+def test_nf4_constants_per_weight():
+    est = {w: memory.estimate(replace(SEVEN_B, model="llama-2-7b", weights=w)) for w in ("nf4", "nf4-dq")}
+    quantized = sum(i * o for _, i, o in memory.arch_shapes("llama-2-7b").quantizable)
+    assert est["nf4"].quant_constants * 8 / quantized == pytest.approx(0.5, abs=0.001)  # bits per weight
+    assert est["nf4-dq"].quant_constants * 8 / quantized == pytest.approx(0.127, abs=0.001)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["nf4", "nf4-dq", "int8"])
+def test_quantized_weights_match_bitsandbytes_byte_for_byte(weights):
+    """Load SmolLM2 quantized on this CPU and add up every tensor bitsandbytes keeps."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from ragcourse import models
+
+    if weights == "int8":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                                   bnb_4bit_use_double_quant=weights == "nf4-dq")
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_model(models.SMOLLM2), dtype=torch.bfloat16,
+                                                 quantization_config=quant)
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor):
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+
+    for p in model.parameters():
+        add(p)
+    constants_before = len(seen)
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        state = getattr(w, "quant_state", None)
+        if state is not None:
+            for t in (state.absmax, state.code, state.offset, getattr(state.state2, "absmax", None), getattr(state.state2, "code", None)):
+                add(t)
+        add(getattr(w, "SCB", None))
+    assert len(seen) > constants_before
+    est = memory.estimate(memory.MemorySpec(model=models.SMOLLM2, weights=weights, device="cpu"))
+    assert est.weights + est.quant_constants == sum(seen.values())
+
+
+@pytest.mark.parametrize("field,small,large", [("batch_size", 2, 8), ("seq_len", 512, 2048), ("lora_r", 8, 64)])
+def test_estimate_grows_with_batch_sequence_and_rank(field, small, large):
+    for checkpointing in (False, True):
+        spec = replace(SEVEN_B, gradient_checkpointing=checkpointing)
+        lo, hi = memory.estimate(replace(spec, **{field: small})), memory.estimate(replace(spec, **{field: large}))
+        assert lo.total < hi.total
+        if field == "lora_r":
+            assert lo.lora_params < hi.lora_params and lo.optimizer_states < hi.optimizer_states
+        else:
+            assert lo.activations < hi.activations and lo.weights == hi.weights
+
+
+def test_gradient_checkpointing_reduces_activations():
+    for arch in lora.available_archs():
+        without = memory.estimate(replace(SEVEN_B, model=arch, gradient_checkpointing=False))
+        with_ckpt = memory.estimate(replace(SEVEN_B, model=arch, gradient_checkpointing=True))
+        assert with_ckpt.activations < without.activations / 2, arch
+
+
+def test_all_linear_costs_more_than_attention_only():
+    attention = memory.estimate(replace(SEVEN_B, target_modules="attention", gradient_checkpointing=False))
+    all_linear = memory.estimate(replace(SEVEN_B, gradient_checkpointing=False))
+    assert attention.trainable_params < all_linear.trainable_params
+    assert attention.activations < all_linear.activations
+
+
+def test_optimizers():
+    est = {o: memory.estimate(replace(SEVEN_B, optimizer=o, adapter_dtype="float32")) for o in memory.OPTIMIZERS}
+    n = est["adamw_torch"].trainable_params
+    assert est["adamw_torch"].optimizer_states == 8 * n
+    assert est["paged_adamw_32bit"].optimizer_states == 8 * n
+    assert 2 * n < est["adamw_8bit"].optimizer_states < 2.1 * n
+    assert est["paged_adamw_8bit"].pageable == est["paged_adamw_8bit"].optimizer_states
+    assert est["adamw_8bit"].pageable == 0
+
+
+def test_verdicts():
+    small = memory.estimate(memory.MemorySpec(model="smollm2-135m", batch_size=1, seq_len=256))
+    assert set(small.verdicts().values()) == {"fits"}
+    huge = memory.estimate(memory.MemorySpec(model="llama-3.1-8b", weights="bfloat16", lora_r=32, batch_size=8,
+                                             seq_len=4096, gradient_checkpointing=False))
+    assert set(huge.verdicts().values()) == {"does not fit"}
+    t4 = memory.GPU_CLASSES[0]
+    capacity = int(t4.memory_gib * memory.GIB)
+
+    def fake(total, optimizer="paged_adamw_8bit", optimizer_states=0):
+        spec = replace(SEVEN_B, optimizer=optimizer)
+        return memory.MemoryEstimate(spec, total - optimizer_states, 0, 0, 0, optimizer_states, 0, 0, 0)
+
+    assert fake(int(0.85 * capacity)).verdict(t4) == "fits"
+    assert fake(int(0.95 * capacity)).verdict(t4) == "tight"
+    assert fake(capacity + 10 * 2**20, optimizer_states=20 * 2**20).verdict(t4) == "fits with paging"
+    assert fake(capacity + 10 * 2**20, "adamw_8bit", optimizer_states=20 * 2**20).verdict(t4) == "does not fit"
+
+
+def test_presets_fit_the_gpus_they_are_written_for():
+    expected = {"colab-t4": "T4 16 GB", "gpu-24gb": "24 GB", "gpu-80gb": "80 GB"}
+    for preset, gpu in expected.items():
+        est = memory.estimate(memory.spec_from_config(load_config(preset), device="cuda"))
+        assert est.verdicts()[gpu] == "fits", (preset, est.summary())
+    cpu = memory.spec_from_config(load_config("cpu-smoke"), device="cpu")
+    assert (cpu.device, cpu.weights, cpu.compute_dtype, cpu.optimizer) == ("cpu", "nf4-dq", "float32", "adamw_torch")
+
+
+def test_published_figures_within_the_stated_tolerance():
+    table = memory.published_comparison()
+    assert len(table) == len(memory.PUBLISHED) >= 4
+    for fig, row in zip(memory.PUBLISHED, table.to_dict(orient="records")):
+        if fig.tolerance is None:  # not comparable (see its note): the estimate must at least stay below it
+            assert row["estimate_GiB"] < row["published_GiB"], row
+        else:
+            assert abs(row["error_%"]) <= 100 * fig.tolerance, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", [
+    dict(weights="float32", compute_dtype="float32", target_modules="attention", padded=False),
+    dict(weights="float32", compute_dtype="float32", target_modules="all-linear", lora_dropout=0.1, padded=False),
+    dict(weights="bfloat16", compute_dtype="bfloat16", target_modules="attention", padded=True),  # fp32 adapters: casts
+    dict(weights="nf4-dq", compute_dtype="bfloat16", target_modules="all-linear", padded=True),  # QLoRA: bf16 adapters
+])
+def test_per_layer_terms_match_what_autograd_saves(setup):
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from ragcourse import models
+
+    spec = memory.MemorySpec(model=models.SMOLLM2, device="cpu", lora_r=8, batch_size=2, seq_len=48, loss="full",
+                             gradient_checkpointing=False, optimizer="adamw_torch", **setup)
+    dtype = getattr(torch, spec.compute_dtype)
+    kwargs = {"dtype": dtype}
+    if spec.quantized:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(models.resolve_model(models.SMOLLM2), **kwargs)
+    adapter_dtype = spec.resolved_adapter_dtype
+    model = lora.get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=spec.lora_dropout, task_type="CAUSAL_LM",
+                                                  target_modules=lora.resolve_target_modules(spec.target_modules)),
+                                autocast_adapter_dtype=adapter_dtype == "float32")
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.to(getattr(torch, adapter_dtype))
+    ids = torch.randint(0, 49152, (2, 48), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    if spec.padded:
+        mask[1, -5:] = 0
+    measured = memory.saved_activation_bytes(model, input_ids=ids, attention_mask=mask, labels=ids)
+    assert memory.saved_bytes_without_checkpointing(spec) == pytest.approx(measured, rel=0.01)
+
+
+@pytest.mark.slow
+def test_cpu_peak_memory_is_predicted():
+    spec = memory.MemorySpec(model="embedded:smollm2-135m-instruct", weights="float32", compute_dtype="float32", device="cpu",
+                             lora_r=8, target_modules="attention", batch_size=2, seq_len=96, gradient_checkpointing=False,
+                             optimizer="adamw_torch", loss="full", padded=False)
+    measured = memory.measure_cpu_training_peak(spec, steps=2)
+    assert abs(measured["relative_error"]) < 0.15, measured
+
+
+def test_committed_cpu_measurements():
+    path = project_root() / "benchmarks" / "results" / "memory_estimator.json"
+    result = json.loads(path.read_text())
+    assert len(result["cpu"]) >= 2
+    for row in result["cpu"]:
+        assert abs(row["error_live_%"]) < 15, row

@@ -1,0 +1,98 @@
+"""Merge checks (notebook 04) and evaluation statistics (notebook 06)."""
+
+import math
+
+import pytest
+
+from ragcourse import evaluate, merge, prompts, scoring
+from ragcourse.config import load_config, resolve_path
+
+
+def test_changed_figures_parse_the_regulation_table():
+    cfg = load_config("cpu-smoke")
+    v2 = next(resolve_path(cfg.data.corpus_dir).rglob("fsr-7-field-service-safety-regulation-v2.md")).read_text()
+    changes = merge.changed_figures(v2)
+    assert len(changes) == 7 and {"clause", "subject", "v1", "v2"} == set(changes[0])
+    assert all(c["v1"] != c["v2"] for c in changes)
+    ex = merge.rule_examples(changes, "v2", "sys")
+    assert len(ex) == 21 and all(e["key_fact"] in e["completion"][0]["content"] for e in ex)
+    assert "FSR-7 refresher" in merge.rule_questions(changes)[0]
+
+
+@pytest.mark.slow
+def test_merged_logits_equal_adapter_logits(tmp_path):
+    """A LoRA adapter with non-zero weights, merged into a fresh fp32 base: logits agree within tolerance."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragcourse import models
+
+    cfg = load_config("cpu-smoke")
+    tok = models.load_tokenizer(cfg)
+    peft_model = get_peft_model(models.load_causal_lm(cfg, quantize=False),
+                                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)  # a fresh adapter has B = 0; make the update real
+    peft_model.save_pretrained(tmp_path / "adapter")
+    adapter_model, merged = merge.merge(cfg, tmp_path / "adapter")
+    prompts_ = [models.chat_prompt(tok, "What is the AH-14 charge?"), "Vellmark builds heat pumps in Hallstrand."]
+    diffs = merge.max_logit_difference(adapter_model, merged, tok, prompts_)
+    base = models.load_causal_lm(cfg, quantize=False)
+    moved = merge.max_logit_difference(base, merged, tok, prompts_)
+    assert max(diffs) <= merge.TOLERANCE["float32"] < min(moved)  # equal to the adapter, different from the base
+    assert not hasattr(merged, "peft_config")
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_n():
+    small = [1, 0, 1, 1, 0, 1, 0, 1]
+    mean, lo, hi = evaluate.bootstrap_ci(small)
+    assert lo <= mean <= hi and mean == pytest.approx(0.625)
+    _, lo2, hi2 = evaluate.bootstrap_ci(small * 10)
+    assert hi2 - lo2 < hi - lo
+    assert evaluate.bootstrap_ci([1.0, 1.0]) == (1.0, 1.0, 1.0)
+    assert all(math.isnan(v) for v in evaluate.bootstrap_ci([]))
+
+
+def test_paired_comparison_separates_signal_from_noise():
+    better = evaluate.paired_comparison([1] * 18 + [0] * 2, [0] * 14 + [1] * 6, "answer_correct")
+    assert better.beyond_noise and better.mean_difference > 0 and better.wins > better.losses and better.p_value < 0.05
+    noise = evaluate.paired_comparison([1, 0, 1, 0, 1, 0], [0, 1, 0, 1, 1, 0], "answer_correct")
+    assert not noise.beyond_noise
+    text = evaluate.conclusion(better, "tuned + RAG", "base + RAG", 0.95)
+    assert "larger than the noise" in text and "better" in text
+
+
+def test_scoring_reads_like_a_person():
+    ex = {"type": "numeric", "key_fact": "1.45 kg", "has_oracle": True, "answer": "It holds 1.45 kg."}
+    assert scoring.is_correct(ex, 'Quote: [2] "The AH-14 holds 1.45 kg."\nAnswer: It holds 1.45kg of R-290.')
+    assert not scoring.is_correct(ex, 'Quote: [2] "1.45 kg"\nAnswer: It holds 1.10 kg.')  # the quote alone does not count
+    assert not scoring.is_correct(ex, prompts.NOT_IN_DOCUMENTS)
+    unans = {"type": "unanswerable", "key_fact": "", "has_oracle": False}
+    assert scoring.is_correct(unans, prompts.NOT_IN_DOCUMENTS) and not scoring.is_correct(unans, "It is 3 m.")
+    assert scoring.token_f1("Answer: it holds 1.45 kg", "It holds 1.45 kg.") == pytest.approx(1.0)
+
+
+def test_score_rows_and_refusals():
+    import pandas as pd
+
+    examples = [{"id": "a", "type": "numeric", "question": "q1", "answer": "3 m", "key_fact": "3 m", "contexts": ["c"]},
+                {"id": "b", "type": "unanswerable", "question": "q2", "answer": "The documents do not contain it.", "key_fact": "", "contexts": []}]
+    answers = [{"answer": "Answer: 3 m", "contexts": ["c"], "context_ids": ["x#0"]},
+               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": [], "context_ids": []}]
+    rows = evaluate.score_rows(examples, answers, "tuned + RAG")
+    assert [r["answer_correct"] for r in rows] == [1.0, 1.0]
+    table = evaluate.refusal_table(pd.DataFrame(rows))
+    assert table.iloc[0]["right refusals"] == "1/1" and table.iloc[0]["wrong refusals"] == "0/1"
+
+
+def test_non_llm_ragas_metrics_run_offline():
+    cfg = load_config("cpu-smoke")
+    rows = [{"question": "What is the AH-14 charge?", "answer": "Answer: 1.45 kg", "reference": "The AH-14 holds 1.45 kg.",
+             "contexts": ["The AH-14 holds 1.45 kg of R-290."], "reference_contexts": ["The AH-14 holds 1.45 kg of R-290."]},
+            {"question": "Q?", "answer": "Answer: 3 m", "reference": "It is 2 m.", "contexts": ["unrelated"], "reference_contexts": ["It is 2 m."]}]
+    scores = evaluate.non_llm_scores(rows, cfg)
+    assert len(scores) == 2 and all(0 <= v <= 1 for s in scores for v in s.values())
+    assert scores[0]["non_llm_context_recall"] > scores[1]["non_llm_context_recall"]
+    assert scores[0]["semantic_similarity"] > 0.5

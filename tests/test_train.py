@@ -1,0 +1,138 @@
+"""Training: pad/EOS, checkpoints, kill-and-resume, and two CPU processes under accelerate (notebook 03)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ragcourse import train
+from ragcourse.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["training.max_steps=6", "training.save_steps=2", "training.eval_steps=2", "training.logging_steps=1",
+         "data.max_train_examples=24", "data.max_eval_examples=4", "training.save_total_limit=5"]
+
+
+def _cli(root: Path, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "ragcourse.cli", "train", "--preset", "cpu-smoke", "--set", f"paths.output_root={root}"]
+    for item in SHORT:
+        args += ["--set", item]
+    return args + list(extra)
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+class _Tok:
+    def __init__(self, vocab, eos, pad=None):
+        self.vocab, self.eos_token = vocab, eos
+        self.eos_token_id = vocab[eos]
+        self.pad_token = pad
+        self.pad_token_id = vocab.get(pad)
+
+    def get_vocab(self):
+        return self.vocab
+
+
+def test_pad_token_is_never_eos():
+    tok = _Tok({"<|im_end|>": 2, "<|endoftext|>": 0}, eos="<|im_end|>", pad="<|im_end|>")
+    tok_pad = train.ensure_pad_token(tok)
+    assert tok_pad == "<|endoftext|>"
+    with pytest.raises(ValueError, match="no spare token"):
+        train.ensure_pad_token(_Tok({"</s>": 2}, eos="</s>"))
+
+
+def test_incomplete_checkpoints_are_never_used(tmp_path):
+    for n, files in ((2, train.COMPLETE_MARKERS), (4, train.COMPLETE_MARKERS), (6, ("adapter_model.safetensors",))):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("x")
+    assert train.last_checkpoint(tmp_path).name == "checkpoint-4"
+    moved = train.set_aside_incomplete_checkpoints(tmp_path)
+    assert [m.name for m in moved] == ["incomplete-checkpoint-6"] and not (tmp_path / "checkpoint-6").exists()
+
+
+def test_sft_config_follows_hardware():
+    from ragcourse.hardware import Hardware
+
+    cfg = load_config("cpu-smoke")
+    cpu = Hardware("cpu", None, None, False, None, None, 2, 2, 24.0, False)
+    args = train.sft_config(cfg, "/tmp/x", hw=cpu)
+    assert args.use_cpu and not args.bf16 and not args.fp16 and args.optim == "adamw_torch"
+    assert args.completion_only_loss and args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
+    assert train.optimizer_name(cfg, Hardware("cuda", "T4", (7, 5), False, 15.0, 14.0, 2, 2, 12.0, True)) == "paged_adamw_8bit"
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    start = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()[-3000:]}")
+        if time.time() - start > timeout:
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """Kill a run after its step-4 checkpoint, leave a half-written one behind, resume: same result as no kill."""
+    ref_root, run_root = tmp_path / "ref", tmp_path / "run"
+    subprocess.run(_cli(ref_root), check=True, env=_env(), capture_output=True, text=True)
+    shutil.copytree(ref_root / "cpu-smoke" / "dataset", run_root / "cpu-smoke" / "dataset")
+
+    proc = subprocess.Popen(_cli(run_root), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpts = run_root / "cpu-smoke" / "checkpoints"
+    _wait_for(ckpts / "checkpoint-4" / "trainer_state.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_root / "cpu-smoke" / "adapter").exists()
+    half = ckpts / "checkpoint-6"  # what a kill during a save leaves: some files, no trainer_state.json
+    shutil.rmtree(half, ignore_errors=True)
+    half.mkdir()
+    (half / "adapter_model.safetensors").write_bytes(b"partial")
+
+    res = subprocess.run(_cli(run_root, "--resume"), env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "resuming from" in res.stdout and "checkpoint-4" in res.stdout
+
+    def history(root):
+        return json.loads((root / "cpu-smoke" / "adapter" / "log_history.json").read_text())
+
+    ref = {h["step"]: h["loss"] for h in history(ref_root) if "loss" in h}
+    got = {h["step"]: h["loss"] for h in history(run_root) if "loss" in h}
+    assert max(ref) == max(got) == 6
+    for step in (5, 6):  # the steps trained after the resume
+        assert got[step] == pytest.approx(ref[step], abs=2e-3), (step, ref, got)
+    from safetensors.torch import load_file
+
+    a = load_file(ref_root / "cpu-smoke" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run_root / "cpu-smoke" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_adapter(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` (gloo): both processes train, one adapter is saved."""
+    root = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ragcourse.cli", "train", "--preset", "cpu-smoke",
+           "--set", f"paths.output_root={root}", "--set", "training.max_steps=2", "--set", "training.eval_steps=2",
+           "--set", "training.save_steps=2", "--set", "training.logging_steps=1", "--set", "data.max_train_examples=16",
+           "--set", "data.max_eval_examples=4", "--set", "training.per_device_train_batch_size=2"]
+    res = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    adapter = root / "cpu-smoke" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "manifest.json").is_file()
+    assert res.stdout.count("adapter saved to") == 2  # both ranks finished; only rank 0 wrote
+    assert not list((root / "cpu-smoke").glob(".adapter.tmp-*"))
+    state = json.loads((adapter / "log_history.json").read_text())
+    assert any("loss" in h for h in state)
