@@ -61,9 +61,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
+    from accelerate import PartialState
+
     cfg = _start(args)
     target = train(cfg, resume=args.resume)
-    print(f"adapter saved to {target}")
+    state = PartialState()
+    print(f"[process {state.process_index + 1}/{state.num_processes}] training done; adapter saved to {target}", flush=True)
     return 0
 
 

@@ -544,17 +544,23 @@ def _passage(node: "TextNode") -> dict[str, str]:
 
 
 def raft_example(item: dict[str, Any], nodes: dict[str, "TextNode"], candidates: Sequence[str],
-                 num_distractors: int, include_oracle: bool, rng: random.Random, system_prompt: str) -> dict[str, Any]:
+                 num_distractors: int, include_oracle: bool, rng: random.Random, system_prompt: str,
+                 pool: Sequence[str] = ()) -> dict[str, Any]:
     """One RAFT example: the question, the oracle chunk(s) unless dropped, hard distractors, shuffled.
 
     ``candidates`` are retriever-ranked chunk ids (hard negatives); chunks that contain the key fact are
-    never used as distractors, so a "missing oracle" example really lacks the answer.
+    never used as distractors, so a "missing oracle" example really lacks the answer. When the retriever finds too
+    few, random chunks of ``pool`` (the split's own chunks) fill the context.
     """
     oracle = list(dict.fromkeys(item.get("oracle_ids", [])))
     key = _norm(item.get("key_fact") or "")
     distractors = [c for c in candidates if c not in oracle and not (key and key in _norm(nodes[c].get_content()))]
     # Every example shows the same number of passages (1 + num_distractors), multi-hop ones too.
-    distractors = distractors[:max(num_distractors + 1 - (len(oracle) if include_oracle else 0), 0) or 1]
+    want = max(num_distractors + 1 - (len(oracle) if include_oracle else 0), 0) or 1
+    if len(distractors) < want:  # the retriever found too few eligible passages in this split: fill at random
+        spare = [c for c in pool if c not in oracle and c not in distractors and not (key and key in _norm(nodes[c].get_content()))]
+        distractors += rng.sample(spare, min(want - len(distractors), len(spare)))
+    distractors = distractors[:want]
     context_ids = (oracle if include_oracle else []) + distractors
     rng.shuffle(context_ids)
     passages = [_passage(nodes[c]) for c in context_ids]
@@ -647,7 +653,8 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
         for item in qa_splits[split]:
             ranked = [h.node.node_id for h in retriever.retrieve(item["question"]) if h.node.node_id in allowed]
             include = split != "train" or rng.random() < cfg.data.oracle_fraction
-            ex = raft_example(item, nodes, ranked, cfg.data.num_distractors, include, rng, cfg.model.system_prompt)
+            ex = raft_example(item, nodes, ranked, cfg.data.num_distractors, include, rng, cfg.model.system_prompt,
+                              pool=sorted(allowed))
             if tokenizer is not None and example_tokens(ex, tokenizer) > cfg.model.max_length:
                 dropped[split] += 1
                 continue

@@ -267,11 +267,34 @@ def course_llm(model: Any, tokenizer: Any, cfg: CourseConfig, name: str = "model
                                context_window=int(window), use_adapter=use_adapter)
 
 
+def _merged_stale_reason(cfg: CourseConfig) -> str | None:
+    """Why notebook 04's merged model cannot be used with the adapter on disk (None when it can)."""
+    from .artifacts import file_hashes, read_manifest
+
+    target = cfg.artifact_dir("merged")
+    manifest = read_manifest(target)
+    if manifest is None or not list(target.glob("*.safetensors")):
+        return f"no merged model at {target}"
+    adapter_manifest = cfg.artifact_dir("adapter") / "manifest.json"
+    if adapter_manifest.is_file() and manifest.get("inputs") != file_hashes([adapter_manifest]):
+        return "it was merged from an older adapter"
+    return None
+
+
 def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
-    """(adapter model, merged model, tokenizer): the trained adapter on a fresh 16/32-bit base, and notebook 04's
-    merged model (merged now if it is missing). The base model is the adapter model with its adapter switched off."""
-    from .merge import load_adapter_model, load_or_build_merged
-    from .models import load_tokenizer
+    """(adapter model, merged model, tokenizer) for notebook 05, section 2.
+
+    The adapter model is the trained adapter on the base loaded *exactly as in training* (4-bit where the preset
+    trains with QLoRA): what was trained, and small enough to sit beside the 16-bit merged model on every preset's
+    GPU. With its adapter switched off (``course_llm(..., use_adapter=False)``) it is the base model. The merged
+    model is notebook 04's artifact, merged again here when it is missing or older than the adapter.
+    """
+    import copy
+
+    from peft import PeftModel
+
+    from .merge import load_adapter_model, load_or_build_merged, save_merged
+    from .models import load_causal_lm, load_tokenizer
     from .train import ensure_pad_token
 
     adapter_dir = cfg.artifact_dir("adapter")
@@ -280,9 +303,15 @@ def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
                                 f"or `ragcourse train --preset {cfg.preset}`, or ragcourse.train.train(cfg).")
     tokenizer = load_tokenizer(cfg, str(adapter_dir))  # saved with the adapter: its pad token and chat template
     ensure_pad_token(tokenizer)
-    adapter_model = load_adapter_model(cfg).eval()
+    reason = _merged_stale_reason(cfg)
+    if reason:
+        print(f"Merging the adapter now ({reason}); notebook 04 explains and checks the merge.")
+        to_merge = load_adapter_model(cfg)
+        save_merged(copy.deepcopy(to_merge).merge_and_unload(), tokenizer, cfg)
+        del to_merge
     merged_model, _ = load_or_build_merged(cfg)
-    return adapter_model, merged_model.eval(), tokenizer
+    adapter_model = PeftModel.from_pretrained(load_causal_lm(cfg), str(adapter_dir))
+    return adapter_model.eval(), merged_model.eval(), tokenizer
 
 
 # -- 3. the query engine: retrieval + the training prompt ----------------------------------------------------
@@ -481,14 +510,22 @@ def retrieval_quality(index: "VectorStoreIndex", rows: Sequence[Mapping[str, Any
 
 
 def fusion_sweep(index: "VectorStoreIndex", rows: Sequence[Mapping[str, Any]], cfg: CourseConfig,
-                 weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), k: int | None = None) -> "pd.DataFrame":
-    """Hybrid hit rate and MRR at k for several ``dense_weight`` values (0 = BM25 ranking only, 1 = dense only)."""
+                 weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), k: int | None = None,
+                 query: str | None = None, relevant: set[str] | None = None) -> "pd.DataFrame":
+    """Hybrid hit rate and MRR at k for several ``dense_weight`` values (0 = BM25 ranking only, 1 = dense only);
+    with ``query`` and its ``relevant`` chunk ids, also the rank of the first relevant chunk for that query."""
     import pandas as pd
 
     k = k or cfg.rag.similarity_top_k
-    tables = [retrieval_quality(index, rows, cfg, kinds=["hybrid"], max_k=k, dense_weight=w).iloc[-1] for w in weights]
-    return pd.DataFrame([{"dense_weight": w, "hit_rate": t["hit_rate"], "mrr": t["mrr"]} for w, t in zip(weights, tables)]
-                        ).set_index("dense_weight")
+    out = []
+    for w in sorted(set(weights)):
+        row = retrieval_quality(index, rows, cfg, kinds=["hybrid"], max_k=k, dense_weight=w).iloc[-1]
+        entry = {"dense_weight": w, f"hit_rate@{k}": row["hit_rate"], f"mrr@{k}": row["mrr"]}
+        if query is not None:
+            ranked = ranked_ids(make_retriever(index, cfg, "hybrid", top_k=50, dense_weight=w), [query])[0]
+            entry["example rank"] = first_relevant_rank(ranked, relevant or set())
+        out.append(entry)
+    return pd.DataFrame(out).set_index("dense_weight")
 
 
 def first_relevant_rank(ranked: Sequence[str], relevant: set[str]) -> int | None:

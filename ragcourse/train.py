@@ -274,6 +274,12 @@ def run_training(trainer: Any, resume: bool = False) -> Any:
         set_aside_incomplete_checkpoints(trainer.args.output_dir)
         checkpoint = last_checkpoint(trainer.args.output_dir)
         print(f"resuming from {checkpoint}" if checkpoint else "no complete checkpoint: starting from the beginning")
+    elif trainer.is_world_process_zero():
+        old = sorted(Path(trainer.args.output_dir).glob("*checkpoint-*"))
+        if old:  # a fresh run: an earlier run's checkpoints would mix with this one's in rotation and "best" tracking
+            print(f"starting fresh: removing {len(old)} checkpoint(s) of an earlier run in {trainer.args.output_dir}")
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
@@ -311,9 +317,12 @@ def train(cfg: CourseConfig, resume: bool = False, live_plot: bool = False) -> P
     from .data import load_dataset_artifact
     from .models import load_tokenizer
 
+    from accelerate import PartialState
+
     hw = detect_hardware()
     tokenizer = load_tokenizer(cfg)
-    dataset = load_dataset_artifact(cfg)
+    with PartialState().main_process_first():  # under `accelerate launch`, one process builds a missing dataset
+        dataset = load_dataset_artifact(cfg)
     model = load_model_for_training(cfg, hw)
     plot_path = cfg.output_dir / "plots" / "loss_curve.png"
     curve = loss_curve_callback(plot_path, live=live_plot)

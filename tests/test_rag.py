@@ -1,0 +1,151 @@
+"""ragcourse.rag (notebook 05): persisted index, explicit LlamaIndex settings, the training prompt, metrics, hybrid search."""
+
+import sys
+
+import pytest
+
+from ragcourse import prompts, rag, retrieval
+from ragcourse.config import load_config
+
+# A small fixture in which the identifier appears in one passage only, and every other passage talks about the
+# query's topic: the embedding model ranks those first, BM25 matches the rare token exactly.
+TARGET = "VT-20417 is shipped with four M8 bolts, a torque card and a new warranty label."
+TOPICAL = [
+    "The compressor isolation mounts of the AH-14 damp vibration between the compressor and the base plate.",
+    "Check the isolation mounts for cracks at every annual service; replace all four if one is cracked.",
+    "Tighten the isolation mount bolts to 10 Nm; a higher torque makes the mounts transmit noise.",
+    "Worn isolation mounts are the most common cause of a humming outdoor unit.",
+    "Isolation mounts are wear parts and are not covered by the extended warranty.",
+    "Order isolation mounts as a set of four; mixing old and new mounts tilts the compressor.",
+    "The fan motor of the AH-14 sits on a steel bracket with rubber dampers.",
+]
+QUESTION = "Which isolation mount is VT-20417?"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("cpu-smoke", model={"max_new_tokens": 12})
+
+
+@pytest.fixture(scope="module")
+def embed_model(cfg):
+    return retrieval.embedding_model(cfg)
+
+
+def _nodes():
+    from llama_index.core.schema import TextNode
+
+    meta = {"title": "AH-14 Service Manual", "section": "Compressor", "doc_id": "ah14"}
+    return [TextNode(text=t, id_=f"ah14#{i:03d}", metadata=dict(meta)) for i, t in enumerate([TARGET, *TOPICAL])]
+
+
+@pytest.fixture(scope="module")
+def persisted(cfg, embed_model, tmp_path_factory):
+    target = tmp_path_factory.mktemp("index") / "index"
+    index = rag.build_index(cfg, embed_model, chunks=_nodes(), target=target)
+    return index, target
+
+
+@pytest.fixture(scope="module")
+def llm(cfg):
+    from ragcourse.models import load_causal_lm, load_tokenizer
+    from ragcourse.train import ensure_pad_token
+
+    tokenizer = load_tokenizer(cfg)
+    ensure_pad_token(tokenizer)
+    return rag.course_llm(load_causal_lm(cfg, quantize=False), tokenizer, cfg, "base")
+
+
+def test_persisted_index_reloads_and_answers_identically(cfg, embed_model, persisted, llm):
+    index, target = persisted
+    assert (target / "docstore.json").is_file() and (target / "manifest.json").is_file()
+    reloaded = rag.load_index(cfg, embed_model, path=target)
+    assert set(reloaded.docstore.docs) == set(index.docstore.docs)
+    first = rag.query_engine(rag.make_retriever(index, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
+    second = rag.query_engine(rag.make_retriever(reloaded, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
+    assert [n.node.node_id for n in first.source_nodes] == [n.node.node_id for n in second.source_nodes]
+    assert [n.score for n in first.source_nodes] == pytest.approx([n.score for n in second.source_nodes])
+    assert first.response and first.response == second.response
+
+
+def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm):
+    from llama_index.core import Settings
+
+    retrieval.configure_llamaindex(cfg, llm=llm, embed_model=embed_model)
+    assert Settings.llm is llm and Settings.embed_model is embed_model
+    assert Settings.llm.metadata.is_chat_model
+    # LlamaIndex's stock engine, built without an explicit LLM, must pick ours up from Settings.
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    engine = RetrieverQueryEngine.from_args(rag.make_retriever(persisted[0], cfg, "dense", top_k=2))
+    assert engine.query(QUESTION).response is not None
+    assert "You are an expert Q&A system" in llm.last_prompt  # it really went through our LLM
+    assert not any(name.startswith("llama_index.llms.openai") for name in sys.modules)
+
+
+def test_query_engine_prompt_is_the_training_format(cfg, persisted, llm):
+    engine = rag.query_engine(rag.make_retriever(persisted[0], cfg, "hybrid", top_k=3), llm, cfg)
+    response = engine.query(QUESTION)
+    passages = [{"text": n.node.get_content(), "title": n.node.metadata["title"], "section": n.node.metadata["section"]}
+                for n in response.source_nodes]
+    expected = prompts.messages(cfg.model.system_prompt, prompts.user_prompt(QUESTION, passages))
+    assert response.metadata["messages"] == expected
+    assert expected[1]["content"].startswith("Documents:\n[1] (AH-14 Service Manual › Compressor) ")
+    templated = llm.template(expected)
+    assert response.metadata["prompt"] == templated == llm.last_prompt
+    assert templated.startswith("<|im_start|>system\n" + cfg.model.system_prompt)  # the chat template is applied
+
+
+def test_hit_rate_and_mrr_on_a_hand_made_case():
+    ranked = [["a", "b", "c"], ["x", "y", "a"], ["p", "q", "r"], ["b", "m", "n"]]
+    relevant = [{"a"}, {"a"}, {"a"}, {"b", "n"}]
+    m = retrieval.retrieval_metrics(ranked, relevant, ks=[1, 2, 3])
+    assert m["hit_rate"] == pytest.approx({1: 2 / 4, 2: 2 / 4, 3: 3 / 4})
+    assert m["mrr"] == pytest.approx({1: 2 / 4, 2: 2 / 4, 3: (1 + 1 / 3 + 1) / 4})
+    assert rag.first_relevant_rank(["x", "y", "a"], {"a"}) == 3 and rag.first_relevant_rank(["x"], {"a"}) is None
+
+
+def test_retrieval_quality_table(cfg, persisted):
+    rows = [{"question": QUESTION, "oracle_ids": ["ah14#000"]}, {"question": "unanswerable", "oracle_ids": []}]
+    table = rag.retrieval_quality(persisted[0], rows, cfg, max_k=3)
+    assert set(table.retriever) == {"dense", "bm25", "hybrid"} and list(table.k.unique()) == [1, 2, 3]
+    assert table.set_index(["retriever", "k"]).loc[("bm25", 1), "hit_rate"] == 1.0
+
+
+def test_hybrid_finds_the_identifier_that_dense_misses(cfg, persisted):
+    index, _ = persisted
+    k = 3
+    ranks = {kind: rag.first_relevant_rank(rag.ranked_ids(rag.make_retriever(index, cfg, kind, top_k=len(TOPICAL) + 1),
+                                                          [QUESTION])[0], {"ah14#000"})
+             for kind in ("dense", "bm25", "hybrid")}
+    assert ranks["dense"] > k, ranks
+    assert ranks["bm25"] == 1 and ranks["hybrid"] <= k, ranks
+
+
+def test_qdrant_switch_explains_what_is_missing(monkeypatch, embed_model, tmp_path):
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)  # as if not installed, even where it is
+    qcfg = load_config("cpu-smoke", rag={"vector_store": "qdrant", "vector_store_url": "http://localhost:6333"})
+    with pytest.raises(rag.VectorStoreUnavailable, match="pip install qdrant-client") as err:
+        rag.vector_store(qcfg)
+    assert "docker run" in str(err.value) and "qdrant/qdrant" in str(err.value)
+    with pytest.raises(rag.VectorStoreUnavailable):
+        rag.build_index(qcfg, embed_model, chunks=_nodes(), target=tmp_path / "index")
+    assert not (tmp_path / "index").exists()
+
+
+def test_stale_index_is_detected(cfg, persisted):
+    _, target = persisted
+    changed = load_config("cpu-smoke", data={"chunk_size": 128})
+    assert rag.index_stale_reason(changed, target) is not None
+    assert "no index" in rag.index_stale_reason(cfg, target.parent / "missing")
+
+
+def test_injection_filter_and_guard(cfg, persisted):
+    retriever = rag.make_retriever(persisted[0], cfg, "bm25", top_k=2)
+    poisoned = rag.poison(retriever.retrieve(QUESTION))
+    assert rag.INJECTION in poisoned[0].node.get_content()
+    plain = rag.rag_messages(QUESTION, rag.passages_of(poisoned), cfg.model.system_prompt)
+    filtered = rag.rag_messages(QUESTION, rag.passages_of(poisoned, sanitize=True), cfg.model.system_prompt, guard=True)
+    assert "VISIT" in plain[1]["content"] and "VISIT" not in filtered[1]["content"]
+    assert rag.GUARD_RULE in filtered[0]["content"] and TARGET.split()[0] in filtered[1]["content"]
+    assert rag.followed_injection("VISIT vellmark-free-upgrade.example") and not rag.followed_injection("14 °C")
