@@ -70,6 +70,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import folder_mb, merge, save_merged
+    from .models import load_tokenizer
+    from .train import ensure_pad_token
+
+    cfg = _start(args)
+    tokenizer = load_tokenizer(cfg, str(cfg.artifact_dir("adapter")))
+    ensure_pad_token(tokenizer)
+    _, merged = merge(cfg)
+    target = save_merged(merged, tokenizer, cfg)
+    print(f"merged model ({folder_mb(target):,.0f} MB) saved to {target}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .rag import load_or_build_index
+
+    cfg = _start(args)
+    index = load_or_build_index(cfg, rebuild=args.rebuild)
+    print(f"index: {len(index.docstore.docs)} chunks in {cfg.artifact_dir('index')}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run
+
+    cfg = _start(args)
+    folder = run(cfg, judge_samples=args.judge_samples)
+    print((folder / "report.md").read_text())
+    print(f"report, CSV and JSON in {folder}")
+    return 0
+
+
+def _stale(folder, inputs_of, sections: dict | None = None) -> str | None:
+    from .artifacts import file_hashes, read_manifest
+
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "missing"
+    if inputs_of.is_file() and manifest.get("inputs") != file_hashes([inputs_of]):
+        return "its input changed"
+    for name, values in (sections or {}).items():
+        if manifest.get("config", {}).get(name) != values:
+            return f"the '{name}' config changed"
+    return None
+
+
+def _reuse_or_build_dataset(cfg) -> int:
+    from .data import load_dataset_artifact
+
+    dataset = load_dataset_artifact(cfg)  # rebuilt only when missing or stale
+    print("dataset: " + ", ".join(f"{split} {rows.num_rows}" for split, rows in dataset.items()))
+    return 0
+
+
+def cmd_run_all(args: argparse.Namespace) -> int:
+    """data -> train -> merge -> index -> eval; a step whose artifact is up to date is reused (``--force`` redoes all)."""
+    import time
+
+    cfg = _start(args)
+    settings = cfg.to_dict()
+    args.synthetic, args.resume, args.rebuild, args.judge_samples = False, False, args.force, None
+    dataset, adapter, merged = (cfg.artifact_dir(n) for n in ("dataset", "adapter", "merged"))
+    steps = [
+        ("data", cmd_data if args.force else lambda a: _reuse_or_build_dataset(cfg), lambda: None),
+        ("train", cmd_train, lambda: _stale(adapter, dataset / "manifest.json",
+                                            {k: settings[k] for k in ("model", "lora", "quantization", "training")})),
+        ("merge", cmd_merge, lambda: _stale(merged, adapter / "manifest.json")),
+        ("index", cmd_index, lambda: None),
+        ("eval", cmd_eval, lambda: "always"),
+    ]
+    for name, func, stale in steps:
+        reason = stale()
+        if name in ("train", "merge") and not args.force and reason is None:
+            print(f"== {name}: up to date, reusing it (--force redoes it)")
+            continue
+        print(f"== {name}" + (f" ({reason})" if reason and reason != "always" else ""), flush=True)
+        t0 = time.perf_counter()
+        if func(args) != 0:
+            return 1
+        print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
 def cmd_notebooks(args: argparse.Namespace) -> int:
     from .nbrun import run_all
 
@@ -78,6 +162,26 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     total = sum(r.seconds for r in runs)
     print(f"{len(runs)} notebooks, {total:.0f} s in all; executed copies in outputs/{preset}/notebooks/")
     return 0 if runs and all(r.ok for r in runs) else 1
+
+
+def cmd_learner_copies(args: argparse.Namespace) -> int:
+    from .workshop import stale_learner_copies, write_learner_copies
+
+    try:
+        if args.check:
+            stale = stale_learner_copies(args.src, args.dst)
+            for name in stale:
+                print(f"stale learner copy: {args.dst}/{name}")
+            if stale:
+                print("regenerate them with: ragcourse learner-copies", file=sys.stderr)
+            return 1 if stale else 0
+        changed = write_learner_copies(args.src, args.dst)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{len(changed)} learner cop{'y' if len(changed) == 1 else 'ies'} updated in {args.dst}"
+          + "".join(f"\n  {p.name}" for p in changed))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("merge", help="merge the adapter into a fresh 16-bit base and save it (notebook 04)")
+    _config_args(p)
+    p.set_defaults(func=cmd_merge)
+    p = sub.add_parser("index", help="build (or reuse) the persisted retrieval index (notebook 05)")
+    _config_args(p)
+    p.add_argument("--rebuild", action="store_true")
+    p.set_defaults(func=cmd_index)
+    p = sub.add_parser("eval", help="four-way evaluation and report under outputs/<preset>/eval (notebook 06)")
+    _config_args(p)
+    p.add_argument("--judge-samples", type=int, default=None, help="LLM-judge samples (default: evaluation.judge_samples)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("run-all", help="the whole pipeline for your config: data, train, merge, index, eval")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="redo steps whose artifacts exist")
+    p.set_defaults(func=cmd_run_all)
     p = sub.add_parser("notebooks", help="execute the course notebooks in order, in fresh kernels")
     p.add_argument("--preset", default=None)
     p.add_argument("--only", nargs="*", help="notebook names to run (default: all)")
     p.set_defaults(func=cmd_notebooks)
+    p = sub.add_parser("learner-copies", help="write the notebooks with solution cells blanked (workshop kit)")
+    p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
+    p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale")
+    p.set_defaults(func=cmd_learner_copies)
     return parser
 
 

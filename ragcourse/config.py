@@ -59,7 +59,7 @@ class ModelConfig:
     max_new_tokens: int = 64
     system_prompt: str = (
         "You answer questions about Vellmark Thermal Systems using only the documents given. "
-        "Quote the passage you rely on, then answer. If the documents do not contain the answer, say so."
+        "Cite the numbers of the passages you rely on. If the documents do not contain the answer, say so."
     )
 
 
@@ -69,6 +69,9 @@ class EmbeddingConfig:
 
     name: str = "embedded:all-minilm-l6-v2"
     batch_size: int = 32
+
+
+TARGET_STYLES = ("quote-then-answer", "answer-then-cite")
 
 
 @dataclass
@@ -83,6 +86,9 @@ class DataConfig:
     synthetic_chunks: int = 4
     teacher: str = "preset"  # "preset" | "openai" (OPENAI_BASE_URL/OPENAI_API_KEY) | a hub id
     num_distractors: int = 3
+    # The assistant target: "quote-then-answer" (RAFT's chain of thought: quote the passage, then answer) or
+    # "answer-then-cite" (the answer first, then the passage number: easier for models under ~1B parameters).
+    target_style: str = "quote-then-answer"
     # RAFT's P: fraction of training examples whose context contains the oracle passage.
     oracle_fraction: float = 0.8
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
@@ -342,6 +348,8 @@ def _validate(cfg: CourseConfig) -> None:
     fractions = cfg.data.split_fractions
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
         raise ConfigError(f"data.split_fractions must be three positive numbers summing to 1 (train, validation, test), got {fractions}.")
+    if cfg.data.target_style not in TARGET_STYLES:
+        raise ConfigError(f"data.target_style must be one of {', '.join(TARGET_STYLES)}, got {cfg.data.target_style!r}.")
     if not 0.0 <= cfg.data.oracle_fraction <= 1.0:
         raise ConfigError(f"data.oracle_fraction must be between 0 and 1, got {cfg.data.oracle_fraction}.")
     if cfg.data.chunk_overlap >= cfg.data.chunk_size:

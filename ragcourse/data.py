@@ -545,7 +545,7 @@ def _passage(node: "TextNode") -> dict[str, str]:
 
 def raft_example(item: dict[str, Any], nodes: dict[str, "TextNode"], candidates: Sequence[str],
                  num_distractors: int, include_oracle: bool, rng: random.Random, system_prompt: str,
-                 pool: Sequence[str] = ()) -> dict[str, Any]:
+                 pool: Sequence[str] = (), target_style: str = "quote-then-answer") -> dict[str, Any]:
     """One RAFT example: the question, the oracle chunk(s) unless dropped, hard distractors, shuffled.
 
     ``candidates`` are retriever-ranked chunk ids (hard negatives); chunks that contain the key fact are
@@ -569,7 +569,7 @@ def raft_example(item: dict[str, Any], nodes: dict[str, "TextNode"], candidates:
     if has_oracle:
         for oid, text in zip(item["oracle_ids"], item["supporting_passages"]):
             quotes.append((context_ids.index(oid) + 1, prompts.quote_for(text, item.get("key_fact", ""))))
-    answer = prompts.target_answer(item["answer"], quotes) if item["type"] != "unanswerable" else prompts.NOT_IN_DOCUMENTS
+    answer = prompts.target_answer(item["answer"], quotes, target_style) if item["type"] != "unanswerable" else prompts.NOT_IN_DOCUMENTS
     user = prompts.user_prompt(item["question"], passages)
     return {
         "id": item["id"], "source": item.get("source", "curated"), "type": item["type"],
@@ -654,7 +654,7 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
             ranked = [h.node.node_id for h in retriever.retrieve(item["question"]) if h.node.node_id in allowed]
             include = split != "train" or rng.random() < cfg.data.oracle_fraction
             ex = raft_example(item, nodes, ranked, cfg.data.num_distractors, include, rng, cfg.model.system_prompt,
-                              pool=sorted(allowed))
+                              pool=sorted(allowed), target_style=cfg.data.target_style)
             if tokenizer is not None and example_tokens(ex, tokenizer) > cfg.model.max_length:
                 dropped[split] += 1
                 continue
@@ -710,11 +710,14 @@ def load_dataset_artifact(cfg: CourseConfig, rebuild: bool = True) -> "DatasetDi
     """The dataset of notebook 01; rebuilt (without the synthetic step) when missing or stale."""
     from datasets import load_from_disk
 
-    from .artifacts import file_hashes, stale_reason
+    from .artifacts import file_hashes, read_manifest, stale_reason
     from .config import project_root
 
     target = cfg.artifact_dir("dataset")
     reason = stale_reason(target, file_hashes(input_files(cfg), project_root()), cfg.to_dict()["data"], "data")
+    built_with = (read_manifest(target) or {}).get("config", {}).get("model", {})
+    if not reason and (built_with.get("system_prompt"), built_with.get("name")) != (cfg.model.system_prompt, cfg.model.name):
+        reason = "the model or its system prompt changed (both are part of every example)"
     if reason:
         if not rebuild:
             raise DataError(f"The dataset is not usable ({reason}). Run notebooks/01_data_prep.ipynb or `ragcourse data`.")

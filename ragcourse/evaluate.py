@@ -148,9 +148,18 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
     if cfg.evaluation.judge not in ("preset", "none"):
         path = resolve_model(cfg.evaluation.judge, cfg)
         tokenizer, model = load_tokenizer(cfg, path), load_causal_lm(cfg, path=path)
+    from langchain_core.runnables.config import run_in_executor
+
+    class LocalChat(ChatHuggingFace):
+        """ChatHuggingFace (the model's own chat template) with the async call RAGAS makes run in a worker thread:
+        langchain's HuggingFacePipeline chat model raises on async generation."""
+
+        async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
+            return await run_in_executor(None, self._generate, messages, stop, None, **kwargs)
+
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, max_new_tokens=256, do_sample=False,
                     return_full_text=False)
-    return LangchainLLMWrapper(ChatHuggingFace(llm=HuggingFacePipeline(pipeline=pipe)))
+    return LangchainLLMWrapper(LocalChat(llm=HuggingFacePipeline(pipeline=pipe)))
 
 
 def llm_judged_scores(rows: Sequence[Mapping[str, Any]], llm: Any, cfg: CourseConfig, embeddings: Any = None) -> JudgeResult:
@@ -281,3 +290,67 @@ def write_report(folder: Path, table: Any, refusals: Any, comparisons: Sequence[
         (tmp / "report.md").write_text("\n".join(lines) + "\n")
         write_manifest(tmp, cfg, {})
     return folder
+
+
+# -- 4. the whole of notebook 06 without the teaching (``ragcourse eval`` / ``run-all``) --------------------
+
+
+def test_examples(cfg: CourseConfig) -> list[dict[str, Any]]:
+    """The test split (capped at ``evaluation.max_questions``), with each curated question's supporting passages."""
+    from .data import load_dataset_artifact, load_qa
+
+    test = load_dataset_artifact(cfg)["test"]
+    examples = [test[i] for i in range(min(cfg.evaluation.max_questions or test.num_rows, test.num_rows))]
+    curated = {q["id"]: q for q in load_qa(cfg.data.qa_dir)}
+    for ex in examples:
+        ex["supporting_passages"] = curated.get(ex["id"], {}).get("supporting_passages") or ex["contexts"]
+    return examples
+
+
+def four_way_answers(cfg: CourseConfig, examples: Sequence[Mapping[str, Any]], base: Any, tuned: Any, tokenizer: Any,
+                     retrieve: Callable[[str], list[dict[str, str]]]) -> list[dict[str, Any]]:
+    """Scored rows for the four conditions (base/tuned × closed-book/RAG), in :data:`CONDITIONS` order."""
+    answers = {}
+    for name, model in (("base", base), ("tuned", tuned)):
+        for condition, source in ((f"{name} closed-book", None), (f"{name} + RAG", retrieve)):
+            answers[condition] = answer_questions(model, tokenizer, cfg.model.system_prompt, examples, source,
+                                                  cfg.model.max_new_tokens)
+    return [row for condition in CONDITIONS for row in score_rows(examples, answers[condition], condition)]
+
+
+def compare_tuned_to_base(per_question: Any, cfg: CourseConfig,
+                          metrics: Sequence[str] = ("answer_correct", "token_f1", "semantic_similarity")) -> list[PairedComparison]:
+    """Paired comparisons tuned + RAG against base + RAG on the same questions."""
+    by = {c: per_question[per_question.condition == c].set_index("id") for c in ("tuned + RAG", "base + RAG")}
+    ids = by["tuned + RAG"].index
+    return [paired_comparison(by["tuned + RAG"].loc[ids, m].tolist(), by["base + RAG"].loc[ids, m].tolist(), m,
+                              cfg.evaluation.confidence, cfg.evaluation.bootstrap_samples)
+            for m in metrics if m in per_question.columns]
+
+
+def run(cfg: CourseConfig, judge_samples: int | None = None) -> Path:
+    """Answer, score, compare and write the report under ``outputs/<preset>/eval``; returns the folder."""
+    import pandas as pd
+
+    from . import rag
+    from .merge import load_or_build_merged
+    from .models import load_causal_lm
+
+    examples = test_examples(cfg)
+    index = rag.load_or_build_index(cfg)
+    retriever = rag.make_retriever(index, cfg)
+    tuned, tokenizer = load_or_build_merged(cfg)
+    base = load_causal_lm(cfg, quantize=False)
+    rows = four_way_answers(cfg, examples, base, tuned, tokenizer, lambda q: rag.passages_of(retriever.retrieve(q)))
+    per_question = pd.DataFrame([{**r, **s} for r, s in zip(rows, non_llm_scores(rows, cfg))])
+    metrics = list(READABLE) + [m for m in NON_LLM_METRICS if m in per_question.columns]
+    table = summary(per_question, metrics, cfg.evaluation.confidence, cfg.evaluation.bootstrap_samples)
+    comparisons = compare_tuned_to_base(per_question, cfg)
+    n_judge = cfg.evaluation.judge_samples if judge_samples is None else judge_samples
+    judge = None
+    if n_judge and cfg.evaluation.judge != "none":
+        judge_rows = [r for r in rows if r["condition"] == "tuned + RAG"][:n_judge]
+        judge = llm_judged_scores(judge_rows, judge_llm(cfg, tuned, tokenizer), cfg)
+    sentences = [conclusion(c, "tuned + RAG", "base + RAG", cfg.evaluation.confidence) for c in comparisons]
+    return write_report(cfg.artifact_dir("eval"), table, refusal_table(per_question), comparisons, sentences, judge,
+                        per_question, cfg)

@@ -435,6 +435,9 @@ def spec_from_config(cfg: Any, device: str | None = None, **overrides: Any) -> M
         target_modules=targets if isinstance(targets, str) else tuple(targets), lora_dropout=cfg.lora.lora_dropout,
         batch_size=cfg.training.per_device_train_batch_size, seq_len=cfg.model.max_length,
         gradient_checkpointing=cfg.training.gradient_checkpointing, optimizer=optim, device=device,
+        # the course loads 4-bit models through peft.prepare_model_for_kbit_training, which casts embeddings, norms and
+        # the LM head to fp32 (ragcourse.train.load_model_for_training)
+        upcast_non_quantized=q.load_in_4bit,
     )
     values.update(overrides)
     return MemorySpec(**values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping, Sequence
 
-NOT_IN_DOCUMENTS = "The documents do not contain the answer to this question."
+NOT_IN_DOCUMENTS = "Not in the documents: none of the passages answers this question."
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
@@ -50,16 +50,33 @@ def quote_for(passage: str, key_fact: str) -> str:
     return next((s for s in sents if key and key in s.lower()), sents[0])
 
 
-def target_answer(answer: str, quotes: Iterable[tuple[int, str]] = ()) -> str:
-    """RAFT-style target: quote the passage(s) relied on, with their numbers, then answer.
+def target_answer(answer: str, quotes: Iterable[tuple[int, str]] = (), style: str = "quote-then-answer") -> str:
+    """The assistant's training target, in one of two styles (``data.target_style``):
+
+    - ``quote-then-answer`` (RAFT's chain of thought): quote the passage(s) relied on, with their numbers, then answer.
+    - ``answer-then-cite``: the answer first, then the numbers of the passages it comes from, e.g. ``... [2]``.
+      A 135M model copies a long quote badly and runs out of tokens before the answer; this style is easier.
 
     With no quotes (the oracle passage is missing, or the question is unanswerable) the target is the
     plain refusal: the model must learn to say the documents do not contain it instead of guessing.
     """
-    quoted = [f'[{i}] "{q}"' for i, q in quotes]
-    if not quoted:
+    quotes = list(quotes)
+    if not quotes:
         return NOT_IN_DOCUMENTS
+    if style == "answer-then-cite":
+        return f"{answer.strip()} " + "".join(f"[{i}]" for i in sorted({i for i, _ in quotes}))
+    quoted = [f'[{i}] "{q}"' for i, q in quotes]
     return "Quote: " + " ".join(quoted) + f"\nAnswer: {answer.strip()}"
+
+
+def in_trained_form(generated: str, style: str = "quote-then-answer") -> bool:
+    """Does a response have the trained shape: the refusal, or (by style) a quote first / a citation at the end?"""
+    text = generated.strip()
+    if is_refusal(text):
+        return True
+    if style == "answer-then-cite":
+        return re.search(r"\[\d+\]\s*$", text) is not None
+    return text.startswith("Quote: [") and "Answer:" in text
 
 
 def final_answer(generated: str) -> str:

@@ -57,6 +57,11 @@ def load_model_for_training(cfg: CourseConfig, hw: Hardware | None = None):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.training.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    # LoRA's A matrices are initialised at random: seed here, so the notebook and `ragcourse train` start from the
+    # same adapter whatever ran before in the process.
+    from .runtime import seed_everything
+
+    seed_everything(cfg.training.seed)
     return get_peft_model(model, lora_config(cfg))
 
 
@@ -239,6 +244,31 @@ def _in_notebook() -> bool:
         return False
 
 
+def score_loss_positions_only() -> bool:
+    """Let TRL's fused LM head skip the positions that carry no loss on every device, not only under Triton.
+
+    TRL 1.16 computes the loss through a chunked LM-head kernel. Where Triton runs it (CUDA/XPU) only positions with a
+    label are scored; elsewhere every position is, because on Neuron a changing number of positions would recompile
+    the graph. A CPU has no such cost, and with the loss on the answer only (~8% of the tokens here) scoring every
+    position is half of a training step (benchmarks/training_throughput.py: 2x faster, identical loss). TRL is pinned,
+    so the private name is checked by a test; returns False (and changes nothing) where it is missing.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        return False
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if not getattr(original, "_ragcourse", False):
+        def compact(device: Any) -> bool:
+            return device.type == "cpu" or original(device)
+
+        compact._ragcourse = True  # type: ignore[attr-defined]
+        trl_utils._use_triton = compact
+    return True
+
+
 def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "DatasetDict", output_dir: str | Path,
                  callbacks: list[Any] | None = None, hw: Hardware | None = None, **overrides: Any):
     """``trl.SFTTrainer`` on the prompt/completion columns, with early stopping on validation loss."""
@@ -247,6 +277,7 @@ def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "Datase
     from trl import SFTTrainer
 
     ensure_pad_token(tokenizer)
+    score_loss_positions_only()
     data = sft_columns(dataset)
     args = sft_config(cfg, output_dir, hw=hw, **overrides)
     trainer = SFTTrainer(
@@ -301,7 +332,7 @@ def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path |
             shutil.copy(loss_png, tmp / "loss_curve.png")
         write_manifest(tmp, cfg, file_hashes([dataset_manifest]) if dataset_manifest.is_file() else {},
                        best_checkpoint=trainer.state.best_model_checkpoint, best_eval_loss=trainer.state.best_metric,
-                       global_step=trainer.state.global_step, **(extra or {}))
+                       global_step=trainer.state.global_step, num_processes=trainer.args.world_size, **(extra or {}))
     return target
 
 

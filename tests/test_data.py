@@ -188,6 +188,10 @@ def test_raft_example_without_oracle_refuses_and_hides_the_answer():
     without = data.raft_example(item, nodes, ["d#1", "e#0", "f#0", "g#0", "d#0"], 2, False, rng, "sys")
     assert without["completion"][0]["content"] == prompts.NOT_IN_DOCUMENTS and "d#0" not in without["context_ids"]
     assert len(without["context_ids"]) == len(with_oracle["context_ids"]) == 3
+    cited = data.raft_example(item, nodes, ["d#1", "e#0", "f#0", "d#0"], 2, True, random.Random(0), "sys",
+                              target_style="answer-then-cite")
+    target = cited["completion"][0]["content"]
+    assert target == f"It is 1.45 kg. [{cited['context_ids'].index('d#0') + 1}]" and prompts.in_trained_form(target, "answer-then-cite")
 
 
 @pytest.mark.slow

@@ -89,10 +89,11 @@ def test_counts_equal_peft_on_meta_models(arch):
 
 
 def test_lora_config_from_the_course_config():
-    cfg = load_config("cpu-smoke")
+    cfg = load_config("cpu-smoke", lora={"target_modules": ["q_proj", "v_proj"]})
     config = lora.lora_config(cfg)
     assert config.r == cfg.lora.r and config.lora_alpha == cfg.lora.lora_alpha
-    assert set(config.target_modules) == set(cfg.lora.target_modules)
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+    assert lora.lora_config(load_config("cpu-smoke")).target_modules == "all-linear"
     assert config.task_type == "CAUSAL_LM"
     assert lora.lora_config(load_config("gpu-24gb")).target_modules == "all-linear"
     assert lora.lora_config(cfg, r=32, target_modules="all-linear").r == 32
