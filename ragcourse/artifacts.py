@@ -79,3 +79,52 @@ def stale_reason(folder: Path, inputs: dict[str, str], config_section: dict[str,
     if section and config_section is not None and manifest.get("config", {}).get(section) != config_section:
         return f"the '{section}' config changed"
     return None
+
+
+def _prebuilt_member(names: Iterable[str], name: str, preset: str) -> str | None:
+    """The prefix (``<preset>/<name>`` or ``<name>``, with any leading folder) under which an archive holds ``name``."""
+    for candidate in (f"{preset}/{name}", name):
+        for member in names:
+            parts = member.strip("/").split("/")
+            for i in range(len(parts)):
+                if "/".join(parts[i:]).startswith(candidate + "/") and "/".join(parts[i:]) == f"{candidate}/{MANIFEST}":
+                    return "/".join(parts[:i] + candidate.split("/"))
+    return None
+
+
+def restore_prebuilt(source: Path, name: str, target: Path, preset: str) -> bool:
+    """Copy one artifact (``dataset``, ``adapter``, ``merged``, ``index``) from a pre-built folder or archive.
+
+    ``source`` is a folder holding ``[<preset>/]<name>/manifest.json`` (e.g. an ``outputs`` folder copied from the
+    instructor's machine), or a ``.tar.gz``/``.tgz``/``.zip`` of one. Returns False when it holds no such artifact;
+    the caller then builds it as usual. The copy is atomic, like every artifact.
+    """
+    import tarfile
+    import zipfile
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"paths.prebuilt points to {source}, which does not exist: fix the path in your config "
+                                f"or remove paths.prebuilt to build every artifact here.")
+    if source.is_dir():
+        folder = next((source / c / name for c in (preset, ".") if (source / c / name / MANIFEST).is_file()), None)
+        if folder is None:
+            return False
+        with atomic_dir(target) as tmp:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    else:
+        is_zip = zipfile.is_zipfile(source)
+        with (zipfile.ZipFile(source) if is_zip else tarfile.open(source)) as archive:
+            names = archive.namelist() if is_zip else archive.getnames()
+            prefix = _prebuilt_member(names, name, preset)
+            if prefix is None:
+                return False
+            with tempfile.TemporaryDirectory() as unpacked, atomic_dir(target) as tmp:
+                members = [m for m in names if m.strip("/").startswith(prefix + "/")]
+                if is_zip:
+                    archive.extractall(unpacked, members=members)
+                else:
+                    archive.extractall(unpacked, members=[archive.getmember(m) for m in members], filter="data")
+                shutil.copytree(Path(unpacked) / prefix, tmp, dirs_exist_ok=True)
+    print(f"Using the pre-built {name} from {source} (paths.prebuilt).")
+    return True

@@ -178,6 +178,9 @@ class PathsConfig:
 
     output_root: str = "outputs"
     cache_dir: str | None = None  # converted embedded models; default ~/.cache/ragcourse
+    # Pre-built artifacts (a workshop starting at notebook 05): a folder or .tar.gz/.zip holding
+    # [<preset>/]{dataset,adapter,merged,index}. A missing local artifact is copied from it before it is rebuilt.
+    prebuilt: str | None = None
 
 
 @dataclass
@@ -204,8 +207,16 @@ class CourseConfig:
         return resolve_path(self.paths.output_root) / self.preset
 
     def artifact_dir(self, name: str) -> Path:
-        """One artifact folder: ``dataset``, ``adapter``, ``merged``, ``index`` or ``eval``."""
-        return self.output_dir / name
+        """One artifact folder: ``dataset``, ``adapter``, ``merged``, ``index`` or ``eval``.
+
+        When it is missing and ``paths.prebuilt`` is set, it is first copied from there (``artifacts.restore_prebuilt``).
+        """
+        path = self.output_dir / name
+        if self.paths.prebuilt and not (path / "manifest.json").is_file():
+            from .artifacts import restore_prebuilt
+
+            restore_prebuilt(resolve_path(self.paths.prebuilt), name, path, self.preset)
+        return path
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
