@@ -82,13 +82,13 @@ def stale_reason(folder: Path, inputs: dict[str, str], config_section: dict[str,
 
 
 def _prebuilt_member(names: Iterable[str], name: str, preset: str) -> str | None:
-    """The prefix (``<preset>/<name>`` or ``<name>``, with any leading folder) under which an archive holds ``name``."""
-    for candidate in (f"{preset}/{name}", name):
+    """The folder (``[...]/<preset>/<name>`` or ``[...]/<name>``) under which an archive holds ``name``'s manifest."""
+    for candidate in ([preset, name], [name]):
+        tail = candidate + [MANIFEST]
         for member in names:
             parts = member.strip("/").split("/")
-            for i in range(len(parts)):
-                if "/".join(parts[i:]).startswith(candidate + "/") and "/".join(parts[i:]) == f"{candidate}/{MANIFEST}":
-                    return "/".join(parts[:i] + candidate.split("/"))
+            if parts[-len(tail):] == tail:
+                return "/".join(parts[:-1])
     return None
 
 

@@ -103,18 +103,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stale(folder, inputs_of, sections: dict | None = None) -> str | None:
-    from .artifacts import file_hashes, read_manifest
+def _adapter_stale_reason(cfg) -> str | None:
+    """Why the saved adapter does not match the dataset and the settings it would be trained with (None: reuse it)."""
+    from .artifacts import file_hashes, stale_reason
 
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return "missing"
-    if inputs_of.is_file() and manifest.get("inputs") != file_hashes([inputs_of]):
-        return "its input changed"
-    for name, values in (sections or {}).items():
-        if manifest.get("config", {}).get(name) != values:
-            return f"the '{name}' config changed"
-    return None
+    dataset_manifest = cfg.artifact_dir("dataset") / "manifest.json"
+    inputs = file_hashes([dataset_manifest]) if dataset_manifest.is_file() else {}
+    settings = cfg.to_dict()
+    reasons = (stale_reason(cfg.artifact_dir("adapter"), inputs, settings[s], s) for s in ("model", "lora", "quantization", "training"))
+    return next((r for r in reasons if r), None)
 
 
 def _reuse_or_build_dataset(cfg) -> int:
@@ -126,27 +123,22 @@ def _reuse_or_build_dataset(cfg) -> int:
 
 
 def cmd_run_all(args: argparse.Namespace) -> int:
-    """data -> train -> merge -> index -> eval; a step whose artifact is up to date is reused (``--force`` redoes all)."""
+    """data -> train -> merge -> index -> eval; an up-to-date dataset, adapter or merged model is reused."""
     import time
 
+    from .rag import merged_stale_reason
+
     cfg = _start(args)
-    settings = cfg.to_dict()
     args.synthetic, args.resume, args.rebuild, args.judge_samples = False, False, args.force, None
-    dataset, adapter, merged = (cfg.artifact_dir(n) for n in ("dataset", "adapter", "merged"))
-    steps = [
-        ("data", cmd_data if args.force else lambda a: _reuse_or_build_dataset(cfg), lambda: None),
-        ("train", cmd_train, lambda: _stale(adapter, dataset / "manifest.json",
-                                            {k: settings[k] for k in ("model", "lora", "quantization", "training")})),
-        ("merge", cmd_merge, lambda: _stale(merged, adapter / "manifest.json")),
-        ("index", cmd_index, lambda: None),
-        ("eval", cmd_eval, lambda: "always"),
-    ]
-    for name, func, stale in steps:
-        reason = stale()
-        if name in ("train", "merge") and not args.force and reason is None:
+    steps = [("data", cmd_data if args.force else lambda a: _reuse_or_build_dataset(cfg), None),
+             ("train", cmd_train, _adapter_stale_reason), ("merge", cmd_merge, merged_stale_reason),
+             ("index", cmd_index, None), ("eval", cmd_eval, None)]
+    for name, func, stale_reason in steps:
+        reason = stale_reason(cfg) if stale_reason else None
+        if stale_reason and reason is None and not args.force:
             print(f"== {name}: up to date, reusing it (--force redoes it)")
             continue
-        print(f"== {name}" + (f" ({reason})" if reason and reason != "always" else ""), flush=True)
+        print(f"== {name}" + (f" ({reason})" if reason else ""), flush=True)
         t0 = time.perf_counter()
         if func(args) != 0:
             return 1

@@ -267,7 +267,7 @@ def course_llm(model: Any, tokenizer: Any, cfg: CourseConfig, name: str = "model
                                context_window=int(window), use_adapter=use_adapter)
 
 
-def _merged_stale_reason(cfg: CourseConfig) -> str | None:
+def merged_stale_reason(cfg: CourseConfig) -> str | None:
     """Why notebook 04's merged model cannot be used with the adapter on disk (None when it can)."""
     from .artifacts import file_hashes, read_manifest
 
@@ -303,7 +303,7 @@ def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
                                 f"or `ragcourse train --preset {cfg.preset}`, or ragcourse.train.train(cfg).")
     tokenizer = load_tokenizer(cfg, str(adapter_dir))  # saved with the adapter: its pad token and chat template
     ensure_pad_token(tokenizer)
-    reason = _merged_stale_reason(cfg)
+    reason = merged_stale_reason(cfg)
     if reason:
         print(f"Merging the adapter now ({reason}); notebook 04 explains and checks the merge.")
         to_merge = load_adapter_model(cfg)
