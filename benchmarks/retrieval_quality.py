@@ -8,7 +8,8 @@ fusion weight chosen by measurement.
   by ``realdocs.identifier_queries``: an identifier from a prose sentence plus 3–6 content words of that sentence;
   the relevant chunks hold the identifier and the sentence (``realdocs.locate_identifier_queries``).
 
-Measured: hit@k (k = 1..10) and MRR@k for dense, bm25 and hybrid at the preset's chunking; a chunking sweep
+Measured: hit@k (k = 1..10) and MRR@k for dense, bm25 and hybrid at the preset's chunking (plus hybrid+rerank when
+the preset's ``rag.rerank`` is on or ``--rerank-model`` names a cross-encoder); a chunking sweep
 (chunk_size 64/128/256 tokens, ~12 % overlap, hybrid); the prompt-token budget each chunking leaves; the fusion weight
 sweep (dense_weight 0..1) at every chunking.
 
@@ -247,8 +248,12 @@ def main() -> None:
     parser.add_argument("--preset", default=os.environ.get("RAGCOURSE_PRESET", "cpu-smoke"))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 keeps torch's default)")
     parser.add_argument("--queries", type=int, default=300, help="at most this many real-docs queries")
+    parser.add_argument("--rerank-model", help="also measure hybrid+rerank with this cross-encoder (hub id or local "
+                                               "folder); GPU presets measure their own rag.rerank_model anyway")
     args = parser.parse_args()
-    overrides = {"training": {"torch_threads": args.threads}} if args.threads else {}
+    overrides: dict[str, Any] = {"training": {"torch_threads": args.threads}} if args.threads else {}
+    if args.rerank_model:
+        overrides["rag"] = {"rerank": True, "rerank_model": args.rerank_model}
     cfg = runtime.start(args.preset, quiet=True, **overrides)
     from ragcourse.models import load_tokenizer
 
@@ -276,7 +281,9 @@ def main() -> None:
     result = {
         "settings": {"preset": cfg.preset, "embedding": cfg.embedding.name, "tokenizer": cfg.model.name,
                      "dense_weight": cfg.rag.dense_weight, "similarity_top_k": cfg.rag.similarity_top_k,
-                     "hybrid_candidates": 20, "rrf_k": retrieval.RRF_K, "max_length": cfg.model.max_length,
+                     "hybrid_candidates": 20, "rrf_k": retrieval.RRF_K,
+                     "rerank_model": cfg.rag.rerank_model if cfg.rag.rerank else None,
+                     "rerank_candidates": cfg.rag.rerank_candidates if cfg.rag.rerank else None, "max_length": cfg.model.max_length,
                      "max_new_tokens": cfg.model.max_new_tokens, "torch_threads": args.threads,
                      "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "versions": runtime.versions()},
         "caveats": CAVEATS,

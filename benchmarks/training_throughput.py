@@ -9,8 +9,9 @@ config, optimizer, learning rate, batch size and seed, on the same examples in t
   (completion-only loss, padding to the longest example of the batch, TRL's chunked "fused" LM head);
 * course variants: ``padding_free=True`` (the batch flattened into one row, no padding), ``packing=True`` (BFD
   packing to ``max_length``, which implies padding-free), a 16/32-bit base instead of 4-bit, 2 torch threads;
-* a diagnostic: the course recipe with TRL's fused LM head scoring only the loss-carrying positions (what TRL
-  already does on CUDA/XPU; on a CPU it scores every position, see the README).
+* ``course-trl-head``: the course recipe with TRL's own choice for its fused LM head, which on a CPU scores every
+  position (the course before ``train.score_loss_positions_only``; on CUDA/XPU TRL scores only the loss-carrying
+  positions, which is what the course now does everywhere; see the README).
 
 Each variant: a fresh model, ``--warmup`` steps not counted, then ``--steps`` measured steps, all in this one process
 (so ratios compare like with like). Per step: wall seconds (``on_step_begin`` → ``on_step_end``: forward, backward,
@@ -53,7 +54,7 @@ class Variant:
     dtype: str = "auto"  # model.torch_dtype: auto (fp32 on CPU) | bfloat16
     threads: int = 1
     sft: dict[str, Any] = field(default_factory=dict)  # SFTConfig overrides for the course recipe
-    compact_head: bool = False  # diagnostic: TRL's fused LM head scores only loss-carrying positions
+    trl_head: bool = False  # TRL's own fused-head choice (every position on a CPU) instead of the course's
     note: str = ""
 
 
@@ -64,15 +65,15 @@ VARIANTS = {v.name: v for v in [
             note="padding_free=True (TRL needs max_length=None without packing; every example fits max_length)"),
     Variant("course-packing", "course", sft={"packing": True},
             note="packing=True, BFD to max_length (implies padding-free)"),
-    Variant("course-compact-head", "course", compact_head=True,
-            note="diagnostic: fused LM head on the completion tokens only, as TRL does on CUDA"),
+    Variant("course-trl-head", "course", trl_head=True,
+            note="TRL's default fused LM head, scoring every position on a CPU (the course before its fix)"),
     Variant("plain-fp32", "plain", quantized=False, note="plain recipe, fp32 base (no 4-bit)"),
     Variant("course-fp32", "course", quantized=False, note="course recipe, fp32 base (no 4-bit)"),
     Variant("course-bf16", "course", quantized=False, dtype="bfloat16", note="course recipe, bf16 base (no 4-bit)"),
     Variant("plain-2threads", "plain", threads=2, note="plain recipe, 2 torch threads"),
     Variant("course-2threads", "course", threads=2, note="course recipe, 2 torch threads"),
 ]}
-DEFAULT_VARIANTS = ["plain", "course", "course-padding-free", "course-packing", "course-compact-head",
+DEFAULT_VARIANTS = ["plain", "course", "course-padding-free", "course-packing", "course-trl-head",
                     "course-fp32", "plain-fp32", "course-2threads", "plain-2threads"]
 
 
@@ -197,9 +198,9 @@ def run_variant(variant: Variant, warmup: int, steps: int) -> dict[str, Any]:
     log = _instrument(trainer, tokenizer.pad_token_id)
     import trl.trainer.utils as trl_utils
 
-    use_triton = trl_utils._use_triton
-    if variant.compact_head:
-        trl_utils._use_triton = lambda device: True  # only the gather of loss positions; the kernel stays in torch
+    use_triton = trl_utils._use_triton  # make_trainer has set the course's choice (loss positions only)
+    if variant.trl_head:
+        trl_utils._use_triton = getattr(use_triton, "_original", use_triton)
     try:
         trainer.train()
     finally:
@@ -243,7 +244,7 @@ RATIOS = [  # (label, numerator, denominator)
     ("course vs plain (4-bit, 2 threads)", "course-2threads", "plain-2threads"),
     ("padding-free vs course default", "course-padding-free", "course"),
     ("packing vs course default", "course-packing", "course"),
-    ("fused head on completion tokens only vs course default", "course-compact-head", "course"),
+    ("course vs TRL's default fused head on CPU (the fix)", "course", "course-trl-head"),
     ("fp32 base vs 4-bit (course)", "course-fp32", "course"),
     ("fp32 base vs 4-bit (plain)", "plain-fp32", "plain"),
     ("bf16 base vs 4-bit (course)", "course-bf16", "course"),
@@ -270,7 +271,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Training throughput on {result['machine']} ({result['created_at']}); "
         f"{result['warmup_steps']} warm-up + {result['measured_steps']} measured steps per variant, batch "
-        f"{next(iter(rows.values()))['batch_size']}, SmolLM2-135M (cpu-smoke), LoRA r=8 on q/k/v/o. {result['note']}",
+        f"{next(iter(rows.values()))['batch_size']}, SmolLM2-135M (cpu-smoke), LoRA {result.get('lora', '')}. {result['note']}",
         "",
         "| variant | base | threads | s/step | processed tok/s | useful tok/s | useful tok/CPU-s | padding | tokens/step (loss) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -305,6 +306,11 @@ def main() -> None:
         "warmup_steps": args.warmup, "measured_steps": args.steps, "variants": {}, "ratios": [],
         "versions": runtime.versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    from ragcourse.config import load_config
+
+    lora = load_config("cpu-smoke").lora
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else "/".join(lora.target_modules)
+    result["lora"] = f"r={lora.r}, alpha {lora.lora_alpha} on {targets}"
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         t0 = time.perf_counter()

@@ -157,8 +157,10 @@ class RagConfig:
     retriever: str = "hybrid"  # "dense" | "bm25" | "hybrid"
     similarity_top_k: int = 4
     dense_weight: float = 0.5
+    # Optional second stage (GPU presets): a cross-encoder re-scores the first stage's ``rerank_candidates``.
     rerank: bool = False
-    rerank_model: str | None = None
+    rerank_model: str | None = None  # a hub id or a local folder (sentence-transformers CrossEncoder)
+    rerank_candidates: int = 20
 
 
 @dataclass
@@ -367,6 +369,12 @@ def _validate(cfg: CourseConfig) -> None:
         raise ConfigError("data.chunk_overlap must be smaller than data.chunk_size.")
     if cfg.rag.retriever not in {"dense", "bm25", "hybrid"}:
         raise ConfigError(f"rag.retriever must be dense, bm25 or hybrid, got {cfg.rag.retriever!r}.")
+    if cfg.rag.rerank and not cfg.rag.rerank_model:
+        raise ConfigError("rag.rerank is on but rag.rerank_model is empty: set it to a cross-encoder "
+                          "(e.g. cross-encoder/ms-marco-MiniLM-L-6-v2, or a local folder), or set rag.rerank: false.")
+    if cfg.rag.rerank and cfg.rag.rerank_candidates < cfg.rag.similarity_top_k:
+        raise ConfigError(f"rag.rerank_candidates ({cfg.rag.rerank_candidates}) must be at least rag.similarity_top_k "
+                          f"({cfg.rag.similarity_top_k}): the reranker can only reorder what the first stage returns.")
     if cfg.rag.vector_store not in {"simple", "qdrant"}:
         raise ConfigError(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
     if cfg.quantization.bnb_4bit_quant_type not in {"nf4", "fp4"}:

@@ -642,7 +642,11 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
     removed = remove_cross_split_duplicates(qa_splits, cfg.data.dedup_threshold)
 
     index = index or build_index(chunks, embedding_model(cfg))
-    retriever = make_retriever(index, cfg.rag.retriever, top_k=30, dense_weight=cfg.rag.dense_weight, candidates=40)
+    from .rag import reranker
+
+    # The serving retriever (with its cross-encoder stage when rag.rerank is on) ranks the hard negatives.
+    retriever = make_retriever(index, cfg.rag.retriever, top_k=30, dense_weight=cfg.rag.dense_weight, candidates=40,
+                               reranker=reranker(cfg))
     split_of_doc = {d: s for s in SPLITS for it in qa_splits[s] for d in it["doc_ids"]}
     examples: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     dropped = {s: 0 for s in SPLITS}
@@ -715,9 +719,12 @@ def load_dataset_artifact(cfg: CourseConfig, rebuild: bool = True) -> "DatasetDi
 
     target = cfg.artifact_dir("dataset")
     reason = stale_reason(target, file_hashes(input_files(cfg), project_root()), cfg.to_dict()["data"], "data")
-    built_with = (read_manifest(target) or {}).get("config", {}).get("model", {})
+    built = (read_manifest(target) or {}).get("config", {})
+    built_with = built.get("model", {})
     if not reason and (built_with.get("system_prompt"), built_with.get("name")) != (cfg.model.system_prompt, cfg.model.name):
         reason = "the model or its system prompt changed (both are part of every example)"
+    if not reason and distractor_retrieval(built.get("rag", {})) != distractor_retrieval(cfg.to_dict()["rag"]):
+        reason = "the retriever that picks the distractors changed (rag.retriever, dense_weight or rerank)"
     if reason:
         if not rebuild:
             raise DataError(f"The dataset is not usable ({reason}). Run notebooks/01_data_prep.ipynb or `ragcourse data`.")
@@ -726,6 +733,12 @@ def load_dataset_artifact(cfg: CourseConfig, rebuild: bool = True) -> "DatasetDi
 
         save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg)), cfg, target)
     return load_from_disk(str(target / "hf"))
+
+
+def distractor_retrieval(rag: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``rag`` settings that rank a dataset's distractors (the cross-encoder's only when it is on)."""
+    rerank = bool(rag.get("rerank"))
+    return rag.get("retriever"), rag.get("dense_weight"), rerank, rag.get("rerank_model") if rerank else None
 
 
 def token_counter(tokenizer: Any) -> Callable[[str], list[int]]:

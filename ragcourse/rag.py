@@ -157,13 +157,52 @@ def load_or_build_index(cfg: CourseConfig, embed_model: Any = None, rebuild: boo
     return build_index(cfg, embed_model)
 
 
+def configured_kind(cfg: CourseConfig) -> str:
+    """The configured retriever's name: ``rag.retriever``, plus ``+rerank`` when the cross-encoder stage is on."""
+    return cfg.rag.retriever + ("+rerank" if cfg.rag.rerank else "")
+
+
+def cross_encoder(cfg: CourseConfig):
+    """The cross-encoder named by ``rag.rerank_model`` (hub id or local folder) as a LlamaIndex postprocessor."""
+    from .models import resolve_model
+    from .retrieval import cross_encoder_reranker
+
+    if not cfg.rag.rerank_model:
+        raise ValueError("Reranking needs rag.rerank_model: a cross-encoder hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) "
+                         "or a local folder saved by sentence-transformers.")
+    return cross_encoder_reranker(resolve_model(cfg.rag.rerank_model, cfg))
+
+
+def reranker(cfg: CourseConfig):
+    """The configured second stage: :func:`cross_encoder`, or None when ``rag.rerank`` is off (cpu-smoke)."""
+    return cross_encoder(cfg) if cfg.rag.rerank else None
+
+
+def describe_retrieval(cfg: CourseConfig) -> str:
+    """One line: what happens between a question and the passages the model reads."""
+    first = {"dense": f"dense ({cfg.embedding.name})", "bm25": "BM25",
+             "hybrid": f"hybrid RRF (dense weight {cfg.rag.dense_weight:g}, BM25 {1 - cfg.rag.dense_weight:g})"}[cfg.rag.retriever]
+    if not cfg.rag.rerank:
+        return f"{first} -> top {cfg.rag.similarity_top_k} passages (rag.rerank is off)"
+    return (f"{first} -> {cfg.rag.rerank_candidates} candidates -> cross-encoder {cfg.rag.rerank_model} "
+            f"-> top {cfg.rag.similarity_top_k} passages")
+
+
 def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | None = None, top_k: int | None = None,
                    dense_weight: float | None = None):
-    """``retrieval.make_retriever`` with the config's defaults (``rag.retriever``, ``similarity_top_k``, ``dense_weight``)."""
+    """``retrieval.make_retriever`` with the config's defaults (``rag.retriever``, ``similarity_top_k``, ``dense_weight``).
+
+    ``kind`` is ``dense``, ``bm25`` or ``hybrid``, optionally with ``+rerank`` (the cross-encoder stage on top);
+    None is the configured retriever (:func:`configured_kind`).
+    """
     from .retrieval import make_retriever as _make
 
-    return _make(index, kind or cfg.rag.retriever, top_k=top_k or cfg.rag.similarity_top_k,
-                 dense_weight=cfg.rag.dense_weight if dense_weight is None else dense_weight)
+    first, _, stage = (kind or configured_kind(cfg)).partition("+")
+    if stage not in ("", "rerank"):
+        raise ValueError(f"retriever kind must be dense, bm25 or hybrid, optionally with +rerank; got {kind!r}")
+    return _make(index, first, top_k=top_k or cfg.rag.similarity_top_k,
+                 dense_weight=cfg.rag.dense_weight if dense_weight is None else dense_weight,
+                 candidates=cfg.rag.rerank_candidates if stage else 20, reranker=cross_encoder(cfg) if stage else None)
 
 
 # -- 2. our model as LlamaIndex's LLM ------------------------------------------------------------------------
@@ -491,14 +530,18 @@ def ranked_ids(retriever: Any, questions: Sequence[str]) -> list[list[str]]:
 
 
 def retrieval_quality(index: "VectorStoreIndex", rows: Sequence[Mapping[str, Any]], cfg: CourseConfig,
-                      kinds: Sequence[str] = ("dense", "bm25", "hybrid"), max_k: int = 10,
+                      kinds: Sequence[str] | None = None, max_k: int = 10,
                       dense_weight: float | None = None) -> "pd.DataFrame":
     """Hit rate and MRR at k = 1..max_k per retriever; a question's relevant chunks are its ``oracle_ids``
-    (questions without any, the unanswerable ones, are left out). Long table: retriever, k, hit_rate, mrr."""
+    (questions without any, the unanswerable ones, are left out). Long table: retriever, k, hit_rate, mrr.
+
+    ``kinds`` defaults to dense, BM25 and hybrid, plus the configured retriever with its reranker when it has one."""
     import pandas as pd
 
     from .retrieval import retrieval_metrics
 
+    if kinds is None:
+        kinds = ["dense", "bm25", "hybrid"] + ([configured_kind(cfg)] if cfg.rag.rerank else [])
     rows = [r for r in rows if r.get("oracle_ids")]
     ks = list(range(1, max_k + 1))
     out = []

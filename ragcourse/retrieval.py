@@ -6,6 +6,7 @@ notebook 05, so the model is trained on the kind of context it will be given.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import CourseConfig
@@ -76,9 +77,25 @@ def make_retriever(
     top_k: int = 4,
     dense_weight: float = 0.5,
     candidates: int = 20,
+    reranker: Any = None,
 ):
-    """A LlamaIndex retriever: ``dense`` (embeddings), ``bm25`` (exact terms) or ``hybrid`` (RRF of both)."""
+    """A LlamaIndex retriever: ``dense`` (embeddings), ``bm25`` (exact terms) or ``hybrid`` (RRF of both).
+
+    With a ``reranker`` (:func:`cross_encoder_reranker`), the first stage returns ``candidates`` chunks and the
+    cross-encoder re-scores them against the question; the best ``top_k`` are kept.
+    """
     from llama_index.core.retrievers import BaseRetriever
+
+    if reranker is not None:
+        first = make_retriever(index, kind, top_k=max(candidates, top_k), dense_weight=dense_weight, candidates=candidates)
+
+        class RerankedRetriever(BaseRetriever):
+            """First-stage retrieval, then a cross-encoder re-scores every (question, chunk) pair."""
+
+            def _retrieve(self, query_bundle):
+                return reranker.postprocess_nodes(first.retrieve(query_bundle), query_bundle=query_bundle)[:top_k]
+
+        return RerankedRetriever()
 
     nodes = list(index.docstore.docs.values())
 
@@ -105,6 +122,19 @@ def make_retriever(
                             [dense_weight, 1.0 - dense_weight], top_k)
 
     return HybridRetriever()
+
+
+@functools.lru_cache(maxsize=4)
+def cross_encoder_reranker(model: str, device: str | None = None):
+    """LlamaIndex's ``SentenceTransformerRerank`` on a cross-encoder (a local folder or a hub id), loaded once.
+
+    It returns every node it is given, best first (``top_n`` is left unbounded; :func:`make_retriever` keeps the
+    top k). Pairs are cut at 512 tokens. ``trust_remote_code`` is off: LlamaIndex's own default is on.
+    """
+    from llama_index.core.postprocessor import SentenceTransformerRerank
+
+    return SentenceTransformerRerank(model=model, top_n=10**9, device=device or ("cuda" if _cuda() else "cpu"),
+                                     trust_remote_code=False)
 
 
 def retrieval_metrics(ranked_ids: Sequence[Sequence[str]], relevant: Sequence[set[str]], ks: Sequence[int]) -> dict[str, dict[int, float]]:

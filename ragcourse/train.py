@@ -265,6 +265,7 @@ def score_loss_positions_only() -> bool:
             return device.type == "cpu" or original(device)
 
         compact._ragcourse = True  # type: ignore[attr-defined]
+        compact._original = original  # type: ignore[attr-defined]  # TRL's own choice (benchmarks compare both)
         trl_utils._use_triton = compact
     return True
 

@@ -149,3 +149,68 @@ def test_injection_filter_and_guard(cfg, persisted):
     assert "VISIT" in plain[1]["content"] and "VISIT" not in filtered[1]["content"]
     assert rag.GUARD_RULE in filtered[0]["content"] and TARGET.split()[0] in filtered[1]["content"]
     assert rag.followed_injection("VISIT vellmark-free-upgrade.example") and not rag.followed_injection("14 °C")
+
+
+# -- the optional cross-encoder stage (rag.rerank; on for GPU presets, off on cpu-smoke) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory):
+    """A small BERT cross-encoder (one relevance logit) saved as a local safetensors folder: no hub download.
+
+    Its weights are random, so its ranking means nothing; the tests check the plumbing around it (what reaches it,
+    and that its scores decide the order), not its quality.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from ragcourse.models import minilm_path
+
+    folder = tmp_path_factory.mktemp("cross-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(folder)  # safetensors by default
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_reranker_reorders_the_first_stage_by_cross_encoder_scores(persisted, tiny_cross_encoder):
+    from llama_index.core.schema import MetadataMode
+    from sentence_transformers import CrossEncoder
+
+    index, _ = persisted
+    rcfg = load_config("cpu-smoke", rag={"rerank": True, "rerank_model": str(tiny_cross_encoder), "rerank_candidates": 6})
+    assert rag.configured_kind(rcfg) == "hybrid+rerank" and rag.reranker(rcfg).trust_remote_code is False
+    assert "6 candidates -> cross-encoder" in rag.describe_retrieval(rcfg)
+
+    first = rag.make_retriever(index, rcfg, "hybrid", top_k=6).retrieve(QUESTION)
+    reranked = rag.make_retriever(index, rcfg, top_k=3).retrieve(QUESTION)  # the configured kind: hybrid+rerank
+    scores = CrossEncoder(str(tiny_cross_encoder)).predict(
+        [(QUESTION, hit.node.get_content(metadata_mode=MetadataMode.EMBED)) for hit in first])
+    expected = [hit.node.node_id for _, hit in sorted(zip(scores, first), key=lambda pair: -pair[0])][:3]
+    assert [hit.node.node_id for hit in reranked] == expected
+    assert [hit.score for hit in reranked] == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-5)
+
+    table = rag.retrieval_quality(index, [{"question": QUESTION, "oracle_ids": ["ah14#000"]}], rcfg, max_k=3)
+    assert set(table.retriever) == {"dense", "bm25", "hybrid", "hybrid+rerank"}
+
+
+def test_rerank_settings_are_checked_and_change_the_dataset():
+    from ragcourse.config import ConfigError
+    from ragcourse.data import distractor_retrieval
+
+    with pytest.raises(ConfigError, match="rag.rerank_model"):
+        load_config("cpu-smoke", rag={"rerank": True})
+    with pytest.raises(ConfigError, match="rerank_candidates"):
+        load_config("cpu-smoke", rag={"rerank": True, "rerank_model": "x", "rerank_candidates": 2})
+    with pytest.raises(ValueError, match="dense, bm25 or hybrid"):
+        rag.make_retriever(None, load_config("cpu-smoke"), "hybrid+colbert")
+    off = load_config("cpu-smoke").to_dict()["rag"]
+    on = load_config("colab-t4").to_dict()["rag"]
+    assert on["rerank"] and not off["rerank"] and "rag.rerank is off" in rag.describe_retrieval(load_config("cpu-smoke"))
+    # The distractors of notebook 01 are ranked by the serving retriever, so turning the reranker on rebuilds the data;
+    # a reranker model that is switched off does not.
+    assert distractor_retrieval(off) != distractor_retrieval({**off, "rerank": True, "rerank_model": "m"})
+    assert distractor_retrieval(off) == distractor_retrieval({**off, "rerank_model": "m"})
