@@ -200,9 +200,9 @@ def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | Non
     first, _, stage = (kind or configured_kind(cfg)).partition("+")
     if stage not in ("", "rerank"):
         raise ValueError(f"retriever kind must be dense, bm25 or hybrid, optionally with +rerank; got {kind!r}")
+    second = {"candidates": cfg.rag.rerank_candidates, "reranker": cross_encoder(cfg)} if stage else {}
     return _make(index, first, top_k=top_k or cfg.rag.similarity_top_k,
-                 dense_weight=cfg.rag.dense_weight if dense_weight is None else dense_weight,
-                 candidates=cfg.rag.rerank_candidates if stage else 20, reranker=cross_encoder(cfg) if stage else None)
+                 dense_weight=cfg.rag.dense_weight if dense_weight is None else dense_weight, **second)
 
 
 # -- 2. our model as LlamaIndex's LLM ------------------------------------------------------------------------
