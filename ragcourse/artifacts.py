@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .config import CourseConfig
+from .config import CourseConfig, project_root, resolve_path
 from .runtime import versions
 
 MANIFEST = "manifest.json"
@@ -50,13 +51,112 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
-def write_manifest(folder: Path, cfg: CourseConfig, inputs: dict[str, str], **extra: Any) -> dict[str, Any]:
+# -- what each artifact is made from: declared once, read by every saver and by the pipeline's freshness check ---
+
+STEPS = ("dataset", "adapter", "merged", "index", "eval")
+# Upstream artifacts whose manifests are inputs of a step: a rebuilt upstream makes everything below it stale.
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "dataset": (),
+    "adapter": ("dataset",),
+    "merged": ("adapter",),
+    "index": (),
+    "eval": ("dataset", "index", "merged"),
+}
+
+
+def corpus_files(cfg: CourseConfig) -> list[Path]:
+    """Every file under ``data.corpus_dir`` (the documents notebook 01 loads)."""
+    corpus = resolve_path(cfg.data.corpus_dir)
+    return sorted(p for p in corpus.rglob("*") if p.is_file()) if corpus.is_dir() else []
+
+
+def qa_files(cfg: CourseConfig) -> list[Path]:
+    """The curated question/answer files (``data.qa_dir/*.jsonl``)."""
+    qa = resolve_path(cfg.data.qa_dir)
+    return sorted(qa.glob("*.jsonl")) if qa.is_dir() else []
+
+
+def _pick(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(section).items() if k not in drop}
+
+
+def _settings(cfg: CourseConfig, step: str) -> dict[str, Any]:
+    """The config values an artifact depends on (and nothing else, so a change elsewhere keeps it fresh)."""
+    rerank = cfg.rag.rerank
+    if step == "dataset":
+        # Every example holds the system prompt; the tokenizer counts chunk sizes and drops over-long examples; the
+        # serving retriever picks the distractors; the seed draws the split.
+        return {"data": _pick(cfg.data), "model": {"name": cfg.model.name, "revision": cfg.model.revision,
+                                                    "system_prompt": cfg.model.system_prompt,
+                                                    "max_length": cfg.model.max_length},
+                "embedding": cfg.embedding.name, "seed": cfg.training.seed,
+                "distractors": {"retriever": cfg.rag.retriever, "dense_weight": cfg.rag.dense_weight, "rerank": rerank,
+                                "rerank_model": cfg.rag.rerank_model if rerank else None}}
+    if step == "adapter":
+        return {"model": _pick(cfg.model, ("max_new_tokens", "system_prompt")), "lora": _pick(cfg.lora),
+                "quantization": _pick(cfg.quantization), "training": _pick(cfg.training, ("torch_threads",))}
+    if step == "merged":
+        return {"torch_dtype": cfg.model.torch_dtype}
+    if step == "index":
+        return {"chunk_size": cfg.data.chunk_size, "chunk_overlap": cfg.data.chunk_overlap,
+                "tokenizer": cfg.model.name, "embedding": cfg.embedding.name,
+                "vector_store": cfg.rag.vector_store, "vector_store_url": cfg.rag.vector_store_url}
+    if step == "eval":
+        return {"evaluation": _pick(cfg.evaluation), "rag": _pick(cfg.rag),
+                "model": {"max_new_tokens": cfg.model.max_new_tokens, "system_prompt": cfg.model.system_prompt}}
+    raise ValueError(f"unknown artifact step {step!r}; the steps are: {', '.join(STEPS)}")
+
+
+def _input_files(cfg: CourseConfig, step: str) -> list[Path]:
+    if step == "dataset":
+        return corpus_files(cfg) + qa_files(cfg)
+    return corpus_files(cfg) if step == "index" else []
+
+
+def _manifest_hash(folder: Path) -> str | None:
+    path = Path(folder) / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def fingerprint(cfg: CourseConfig, step: str) -> dict[str, Any]:
+    """What ``step``'s artifact is made from: input file hashes, the config values it depends on, and the
+    manifests of the artifacts it is built from. Saved in its manifest; a difference means "rebuild"."""
+    return {
+        "files": file_hashes(_input_files(cfg, step), project_root()),
+        "settings": json.loads(json.dumps(_settings(cfg, step), default=str)),
+        "upstream": {name: _manifest_hash(cfg.artifact_dir(name)) for name in UPSTREAM[step]},
+    }
+
+
+def difference(built: Any, wanted: dict[str, Any]) -> str | None:
+    """Why an artifact made from ``built`` (a manifest's ``inputs``) is not what ``wanted`` describes (None: same)."""
+    if not isinstance(built, dict) or set(built) != set(wanted):
+        return "its manifest comes from another version of the course"
+    if built["files"] != wanted["files"]:
+        changed = sorted(set(built["files"]) ^ set(wanted["files"]) |
+                         {k for k in set(built["files"]) & set(wanted["files"]) if built["files"][k] != wanted["files"][k]})
+        return f"input files changed ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
+    for key, value in wanted["settings"].items():
+        if (built["settings"] or {}).get(key) != value:
+            return f"the '{key}' settings changed"
+    if built["settings"] != wanted["settings"]:
+        return "its settings changed"
+    for name, digest in wanted["upstream"].items():
+        if built["upstream"].get(name) != digest:
+            return f"the {name} it was built from has changed" if digest else f"the {name} it was built from is gone"
+    return None
+
+
+def write_manifest(folder: Path, cfg: CourseConfig, step: str, inputs: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Write ``manifest.json`` for ``step``'s artifact: its inputs (:func:`fingerprint`), the config, versions."""
     manifest = {
+        "step": step,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "preset": cfg.preset,
+        "inputs": fingerprint(cfg, step) if inputs is None else inputs,
         "config": cfg.to_dict(),
         "versions": versions(),
-        "inputs": inputs,
         **extra,
     }
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
@@ -64,21 +164,30 @@ def write_manifest(folder: Path, cfg: CourseConfig, inputs: dict[str, str], **ex
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest in ``folder``; None when it is missing, unreadable or not a JSON object."""
     path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
-def stale_reason(folder: Path, inputs: dict[str, str], config_section: dict[str, Any] | None = None,
-                 section: str | None = None) -> str | None:
-    """Why the artifact in ``folder`` cannot be reused (None when it can)."""
+def stale_reason(cfg: CourseConfig, step: str, folder: Path | None = None) -> str | None:
+    """Why ``step``'s artifact cannot be reused (None when it can). The one freshness rule of the course.
+
+    Missing, unreadable, foreign (another step's or an older course's) or incomplete manifests are all "stale",
+    never a crash; so are changed input files, changed settings and a rebuilt upstream artifact.
+    """
+    folder = Path(folder or cfg.artifact_dir(step))
+    if not (folder / MANIFEST).is_file():
+        return f"no {step} at {folder}"
     manifest = read_manifest(folder)
     if manifest is None:
-        return f"no artifact at {folder}"
-    if manifest.get("inputs") != inputs:
-        return "its input files changed"
-    if section and config_section is not None and manifest.get("config", {}).get(section) != config_section:
-        return f"the '{section}' config changed"
-    return None
+        return f"its manifest ({folder / MANIFEST}) is unreadable"
+    if manifest.get("step") != step:
+        return f"its manifest is not a {step} manifest of this course version"
+    return difference(manifest.get("inputs"), fingerprint(cfg, step))
 
 
 def _prebuilt_member(names: Iterable[str], name: str, preset: str) -> str | None:

@@ -40,109 +40,89 @@ def cmd_prepare_models(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from . import data
+    from . import data, pipeline
     from .models import load_tokenizer
 
     cfg = _start(args)
-    teacher = data.teacher_generate_fn(cfg) if args.synthetic else None
-    tokenizer = load_tokenizer(cfg)
-    synthetic = None
-    if teacher is not None:
+    if not args.synthetic:
+        pipeline.ensure(cfg, "dataset", rebuild=True)
+    else:  # notebook 01's optional teacher step, then the same dataset
+        teacher = data.teacher_generate_fn(cfg)
+        tokenizer = load_tokenizer(cfg)
         docs = data.load_documents(cfg.data.corpus_dir)
         chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, data.token_counter(tokenizer))
         synthetic = data.generate_synthetic(data.pick_synthetic_chunks(chunks, cfg.data.synthetic_chunks, cfg.training.seed), teacher)
         print(f"synthetic pairs: {len(synthetic.accepted)} kept, {len(synthetic.rejected)} rejected")
-    prepared = data.prepare(cfg, tokenizer, synthetic=synthetic)
-    target = data.save_dataset(prepared, cfg)
-    print(f"dataset: {', '.join(f'{s} {len(v)}' for s, v in prepared.examples.items())} -> {target}")
+        data.save_dataset(data.prepare(cfg, tokenizer, synthetic=synthetic), cfg)
+    dataset = data.load_dataset(cfg)
+    print(f"dataset: {', '.join(f'{s} {rows.num_rows}' for s, rows in dataset.items())} -> {cfg.artifact_dir('dataset')}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
-
     from accelerate import PartialState
 
+    from . import pipeline
+
     cfg = _start(args)
-    target = train(cfg, resume=args.resume)
+    target = pipeline.ensure(cfg, "adapter", rebuild=True, resume=args.resume)
     state = PartialState()
     print(f"[process {state.process_index + 1}/{state.num_processes}] training done; adapter saved to {target}", flush=True)
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import folder_mb, merge, save_merged
-    from .models import load_tokenizer
-    from .train import ensure_pad_token
+    from . import pipeline
+    from .artifacts import read_manifest
+    from .merge import folder_mb
 
     cfg = _start(args)
-    tokenizer = load_tokenizer(cfg, str(cfg.artifact_dir("adapter")))
-    ensure_pad_token(tokenizer)
-    _, merged = merge(cfg)
-    target = save_merged(merged, tokenizer, cfg)
-    print(f"merged model ({folder_mb(target):,.0f} MB) saved to {target}")
+    target = pipeline.ensure(cfg, "merged", rebuild=True)
+    diff = (read_manifest(target) or {}).get("max_logit_difference")
+    print(f"merged model ({folder_mb(target):,.0f} MB, max logit difference to the adapter {diff:.1e}) saved to {target}")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .rag import load_or_build_index
+    from . import pipeline
 
     cfg = _start(args)
-    index = load_or_build_index(cfg, rebuild=args.rebuild)
+    index = pipeline.load(cfg, "index", rebuild=args.rebuild)
     print(f"index: {len(index.docstore.docs)} chunks in {cfg.artifact_dir('index')}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run
+    from . import evaluate, pipeline
 
     cfg = _start(args)
-    folder = run(cfg, judge_samples=args.judge_samples)
+    for step in ("dataset", "index", "merged"):
+        pipeline.ensure(cfg, step)
+    folder = evaluate.run(cfg, judge_samples=args.judge_samples)
     print((folder / "report.md").read_text())
     print(f"report, CSV and JSON in {folder}")
     return 0
 
 
-def _adapter_stale_reason(cfg) -> str | None:
-    """Why the saved adapter does not match the dataset and the settings it would be trained with (None: reuse it)."""
-    from .artifacts import file_hashes, stale_reason
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import pipeline
 
-    dataset_manifest = cfg.artifact_dir("dataset") / "manifest.json"
-    inputs = file_hashes([dataset_manifest]) if dataset_manifest.is_file() else {}
-    settings = cfg.to_dict()
-    reasons = (stale_reason(cfg.artifact_dir("adapter"), inputs, settings[s], s) for s in ("model", "lora", "quantization", "training"))
-    return next((r for r in reasons if r), None)
-
-
-def _reuse_or_build_dataset(cfg) -> int:
-    from .data import load_dataset_artifact
-
-    dataset = load_dataset_artifact(cfg)  # rebuilt only when missing or stale
-    print("dataset: " + ", ".join(f"{split} {rows.num_rows}" for split, rows in dataset.items()))
+    cfg = _start(args)
+    for step, state in pipeline.status(cfg).items():
+        print(f"{step:8s} {state}")
     return 0
 
 
 def cmd_run_all(args: argparse.Namespace) -> int:
-    """data -> train -> merge -> index -> eval; an up-to-date dataset, adapter or merged model is reused."""
-    import time
-
-    from .rag import merged_stale_reason
+    """data -> train -> merge -> index -> eval: each step reused when current (``pipeline.ensure``), else built."""
+    from . import pipeline
+    from .artifacts import STEPS
 
     cfg = _start(args)
-    args.synthetic, args.resume, args.rebuild, args.judge_samples = False, False, args.force, None
-    steps = [("data", cmd_data if args.force else lambda a: _reuse_or_build_dataset(cfg), None),
-             ("train", cmd_train, _adapter_stale_reason), ("merge", cmd_merge, merged_stale_reason),
-             ("index", cmd_index, None), ("eval", cmd_eval, None)]
-    for name, func, stale_reason in steps:
-        reason = stale_reason(cfg) if stale_reason else None
-        if stale_reason and reason is None and not args.force:
-            print(f"== {name}: up to date, reusing it (--force redoes it)")
-            continue
-        print(f"== {name}" + (f" ({reason})" if reason else ""), flush=True)
-        t0 = time.perf_counter()
-        if func(args) != 0:
-            return 1
-        print(f"== {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    for step in STEPS:
+        print(f"== {step}", flush=True)
+        pipeline.ensure(cfg, step, rebuild=args.force)
+    print((cfg.artifact_dir("eval") / "report.md").read_text())
     return 0
 
 
@@ -191,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("train", help="train the LoRA/QLoRA adapter (notebook 03); works under `accelerate launch`")
     _config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last complete checkpoint (refused when it was made from other inputs)")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("merge", help="merge the adapter into a fresh 16-bit base and save it (notebook 04)")
+    p = sub.add_parser("merge", help="merge the adapter into a fresh 16-bit base, in place, check and save it (notebook 04)")
     _config_args(p)
     p.set_defaults(func=cmd_merge)
     p = sub.add_parser("index", help="build (or reuse) the persisted retrieval index (notebook 05)")
@@ -204,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--judge-samples", type=int, default=None, help="LLM-judge samples (default: evaluation.judge_samples)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("status", help="each artifact: current, or why it would be rebuilt (builds nothing)")
+    _config_args(p)
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("run-all", help="the whole pipeline for your config: data, train, merge, index, eval")
     _config_args(p)
-    p.add_argument("--force", action="store_true", help="redo steps whose artifacts exist")
+    p.add_argument("--force", action="store_true", help="rebuild every step, even the current ones")
     p.set_defaults(func=cmd_run_all)
     p = sub.add_parser("notebooks", help="execute the course notebooks in order, in fresh kernels")
     p.add_argument("--preset", default=None)
@@ -223,11 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .config import ConfigError
+    from .train import ResumeRefused
 
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except ResumeRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

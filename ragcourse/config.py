@@ -209,16 +209,11 @@ class CourseConfig:
         return resolve_path(self.paths.output_root) / self.preset
 
     def artifact_dir(self, name: str) -> Path:
-        """One artifact folder: ``dataset``, ``adapter``, ``merged``, ``index`` or ``eval``.
+        """One artifact folder: ``dataset``, ``adapter``, ``merged``, ``index`` or ``eval`` (a path; nothing is read).
 
-        When it is missing and ``paths.prebuilt`` is set, it is first copied from there (``artifacts.restore_prebuilt``).
+        ``pipeline.ensure(cfg, name)`` makes its content current (reused, restored from ``paths.prebuilt``, or built).
         """
-        path = self.output_dir / name
-        if self.paths.prebuilt and not (path / "manifest.json").is_file():
-            from .artifacts import restore_prebuilt
-
-            restore_prebuilt(resolve_path(self.paths.prebuilt), name, path, self.preset)
-        return path
+        return self.output_dir / name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

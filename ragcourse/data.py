@@ -642,11 +642,8 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
     removed = remove_cross_split_duplicates(qa_splits, cfg.data.dedup_threshold)
 
     index = index or build_index(chunks, embedding_model(cfg))
-    from .rag import reranker
-
     # The serving retriever (with its cross-encoder stage when rag.rerank is on) ranks the hard negatives.
-    retriever = make_retriever(index, cfg.rag.retriever, top_k=30, dense_weight=cfg.rag.dense_weight, candidates=40,
-                               reranker=reranker(cfg))
+    retriever = make_retriever(index, cfg, top_k=30, candidates=40)
     split_of_doc = {d: s for s in SPLITS for it in qa_splits[s] for d in it["doc_ids"]}
     examples: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     dropped = {s: 0 for s in SPLITS}
@@ -680,15 +677,9 @@ def to_dataset_dict(examples: dict[str, list[dict[str, Any]]]) -> "DatasetDict":
     return DatasetDict({s: Dataset.from_list(examples[s]) for s in SPLITS})
 
 
-def input_files(cfg: CourseConfig) -> list[Path]:
-    corpus, qa = resolve_path(cfg.data.corpus_dir), resolve_path(cfg.data.qa_dir)
-    return sorted(p for p in corpus.rglob("*") if p.is_file()) + sorted(qa.glob("*.jsonl"))
-
-
 def save_dataset(prepared: PreparedData, cfg: CourseConfig, target: Path | None = None) -> Path:
     """Save the DatasetDict, JSONL exports, the leakage report and a manifest, atomically."""
-    from .artifacts import atomic_dir, file_hashes, write_manifest
-    from .config import project_root
+    from .artifacts import atomic_dir, write_manifest
 
     from datasets.utils.logging import disable_progress_bar
 
@@ -704,41 +695,35 @@ def save_dataset(prepared: PreparedData, cfg: CourseConfig, target: Path | None 
         (tmp / "leakage_report.json").write_text(json.dumps(prepared.leakage, indent=2))
         (tmp / "synthetic.json").write_text(json.dumps({"accepted": prepared.synthetic.accepted,
                                                          "rejected": prepared.synthetic.rejected}, indent=2))
-        write_manifest(tmp, cfg, file_hashes(input_files(cfg), project_root()),
-                       counts={s: len(prepared.examples[s]) for s in SPLITS},
+        write_manifest(tmp, cfg, "dataset", counts={s: len(prepared.examples[s]) for s in SPLITS},
                        chunks=len(prepared.chunks), documents=len(prepared.documents))
     return target
 
 
-def load_dataset_artifact(cfg: CourseConfig, rebuild: bool = True) -> "DatasetDict":
-    """The dataset of notebook 01; rebuilt (without the synthetic step) when missing or stale."""
+def build_dataset(cfg: CourseConfig) -> Path:
+    """``ragcourse data`` without the teacher: notebook 01 end to end (curated pairs only), saved."""
+    from .models import load_tokenizer
+
+    return save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg)), cfg)
+
+
+def load_dataset(cfg: CourseConfig) -> "DatasetDict":
+    """The saved dataset of notebook 01 as it is on disk (``pipeline.ensure(cfg, "dataset")`` makes it current)."""
     from datasets import load_from_disk
 
-    from .artifacts import file_hashes, read_manifest, stale_reason
-    from .config import project_root
-
-    target = cfg.artifact_dir("dataset")
-    reason = stale_reason(target, file_hashes(input_files(cfg), project_root()), cfg.to_dict()["data"], "data")
-    built = (read_manifest(target) or {}).get("config", {})
-    built_with = built.get("model", {})
-    if not reason and (built_with.get("system_prompt"), built_with.get("name")) != (cfg.model.system_prompt, cfg.model.name):
-        reason = "the model or its system prompt changed (both are part of every example)"
-    if not reason and distractor_retrieval(built.get("rag", {})) != distractor_retrieval(cfg.to_dict()["rag"]):
-        reason = "the retriever that picks the distractors changed (rag.retriever, dense_weight or rerank)"
-    if reason:
-        if not rebuild:
-            raise DataError(f"The dataset is not usable ({reason}). Run notebooks/01_data_prep.ipynb or `ragcourse data`.")
-        print(f"Building the dataset now ({reason}); notebook 01 explains each step.")
-        from .models import load_tokenizer
-
-        save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg)), cfg, target)
-    return load_from_disk(str(target / "hf"))
+    folder = cfg.artifact_dir("dataset") / "hf"
+    if not (folder / "dataset_dict.json").is_file():
+        raise DataError(f"No dataset at {folder}: run notebooks/01_data_prep.ipynb or `ragcourse data --preset {cfg.preset}`.")
+    return load_from_disk(str(folder))
 
 
-def distractor_retrieval(rag: dict[str, Any]) -> tuple[Any, ...]:
-    """The ``rag`` settings that rank a dataset's distractors (the cross-encoder's only when it is on)."""
-    rerank = bool(rag.get("rerank"))
-    return rag.get("retriever"), rag.get("dense_weight"), rerank, rag.get("rerank_model") if rerank else None
+def corpus_chunks(cfg: CourseConfig, tokenizer: Any = None) -> list["TextNode"]:
+    """The chunks of ``data.corpus_dir`` exactly as notebook 01 made them (same splitter, sizes and token counter)."""
+    from .models import load_tokenizer
+
+    tokenizer = tokenizer or load_tokenizer(cfg)
+    docs = load_documents(cfg.data.corpus_dir)
+    return chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, tokenizer=token_counter(tokenizer))
 
 
 def token_counter(tokenizer: Any) -> Callable[[str], list[int]]:

@@ -148,6 +148,10 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
     if cfg.evaluation.judge not in ("preset", "none"):
         path = resolve_model(cfg.evaluation.judge, cfg)
         tokenizer, model = load_tokenizer(cfg, path), load_causal_lm(cfg, path=path)
+    elif model is None:  # the preset's own model: the tuned one, as merged in notebook 04
+        from .merge import load_merged
+
+        model, tokenizer = load_merged(cfg)
     from langchain_core.runnables.config import run_in_executor
 
     class LocalChat(ChatHuggingFace):
@@ -288,7 +292,7 @@ def write_report(folder: Path, table: Any, refusals: Any, comparisons: Sequence[
             lines += ["", f"## LLM judge ({judge.samples} samples)", "",
                       "Parse failures per metric: " + ", ".join(f"{k}: {v}/{judge.samples}" for k, v in judge.parse_failures.items())]
         (tmp / "report.md").write_text("\n".join(lines) + "\n")
-        write_manifest(tmp, cfg, {})
+        write_manifest(tmp, cfg, "eval")
     return folder
 
 
@@ -297,9 +301,9 @@ def write_report(folder: Path, table: Any, refusals: Any, comparisons: Sequence[
 
 def test_examples(cfg: CourseConfig) -> list[dict[str, Any]]:
     """The test split (capped at ``evaluation.max_questions``), with each curated question's supporting passages."""
-    from .data import load_dataset_artifact, load_qa
+    from .data import load_dataset, load_qa
 
-    test = load_dataset_artifact(cfg)["test"]
+    test = load_dataset(cfg)["test"]
     examples = [test[i] for i in range(min(cfg.evaluation.max_questions or test.num_rows, test.num_rows))]
     curated = {q["id"]: q for q in load_qa(cfg.data.qa_dir)}
     for ex in examples:
@@ -307,14 +311,33 @@ def test_examples(cfg: CourseConfig) -> list[dict[str, Any]]:
     return examples
 
 
-def four_way_answers(cfg: CourseConfig, examples: Sequence[Mapping[str, Any]], base: Any, tuned: Any, tokenizer: Any,
-                     retrieve: Callable[[str], list[dict[str, str]]]) -> list[dict[str, Any]]:
-    """Scored rows for the four conditions (base/tuned × closed-book/RAG), in :data:`CONDITIONS` order."""
+def evaluated_models(cfg: CourseConfig) -> dict[str, Callable[[], tuple[Any, Any]]]:
+    """How to load each evaluated model: ``tuned`` is notebook 04's merged model, ``base`` the 16-bit base with the
+    same tokenizer (saved with the adapter). Called one at a time, so one model's weights are in memory at once."""
+    from .merge import load_merged
+    from .models import load_causal_lm, load_tokenizer
+
+    return {"tuned": lambda: load_merged(cfg),
+            "base": lambda: (load_causal_lm(cfg, quantize=False), load_tokenizer(cfg, str(cfg.artifact_dir("merged"))))}
+
+
+def four_way_answers(cfg: CourseConfig, examples: Sequence[Mapping[str, Any]], retrieve: Callable[[str], list[dict[str, str]]],
+                     models: Mapping[str, Callable[[], tuple[Any, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Scored rows for the four conditions (base/tuned × closed-book/RAG), in :data:`CONDITIONS` order.
+
+    Each model (:func:`evaluated_models`) is loaded, answers closed-book and with retrieval, and is freed before the
+    next one is loaded: a 7B model in 16-bit is about 14 GiB, and two of them do not fit a 24 GB GPU.
+    """
+    from .models import free_memory
+
     answers = {}
-    for name, model in (("base", base), ("tuned", tuned)):
+    for name, load in (models or evaluated_models(cfg)).items():
+        model, tokenizer = load()
         for condition, source in ((f"{name} closed-book", None), (f"{name} + RAG", retrieve)):
             answers[condition] = answer_questions(model, tokenizer, cfg.model.system_prompt, examples, source,
                                                   cfg.model.max_new_tokens)
+        del model
+        free_memory()
     return [row for condition in CONDITIONS for row in score_rows(examples, answers[condition], condition)]
 
 
@@ -329,19 +352,17 @@ def compare_tuned_to_base(per_question: Any, cfg: CourseConfig,
 
 
 def run(cfg: CourseConfig, judge_samples: int | None = None) -> Path:
-    """Answer, score, compare and write the report under ``outputs/<preset>/eval``; returns the folder."""
+    """Answer, score, compare and write the report under ``outputs/<preset>/eval``; returns the folder.
+
+    Reads the current dataset, index and merged model (``pipeline.ensure(cfg, "eval")`` makes them current first).
+    """
     import pandas as pd
 
-    from . import rag
-    from .merge import load_or_build_merged
-    from .models import load_causal_lm
+    from . import rag, retrieval
 
     examples = test_examples(cfg)
-    index = rag.load_or_build_index(cfg)
-    retriever = rag.make_retriever(index, cfg)
-    tuned, tokenizer = load_or_build_merged(cfg)
-    base = load_causal_lm(cfg, quantize=False)
-    rows = four_way_answers(cfg, examples, base, tuned, tokenizer, lambda q: rag.passages_of(retriever.retrieve(q)))
+    retriever = retrieval.make_retriever(retrieval.load_index(cfg), cfg)
+    rows = four_way_answers(cfg, examples, lambda q: rag.passages_of(retriever.retrieve(q)))
     per_question = pd.DataFrame([{**r, **s} for r, s in zip(rows, non_llm_scores(rows, cfg))])
     metrics = list(READABLE) + [m for m in NON_LLM_METRICS if m in per_question.columns]
     table = summary(per_question, metrics, cfg.evaluation.confidence, cfg.evaluation.bootstrap_samples)
@@ -350,7 +371,7 @@ def run(cfg: CourseConfig, judge_samples: int | None = None) -> Path:
     judge = None
     if n_judge and cfg.evaluation.judge != "none":
         judge_rows = [r for r in rows if r["condition"] == "tuned + RAG"][:n_judge]
-        judge = llm_judged_scores(judge_rows, judge_llm(cfg, tuned, tokenizer), cfg)
+        judge = llm_judged_scores(judge_rows, judge_llm(cfg), cfg)
     sentences = [conclusion(c, "tuned + RAG", "base + RAG", cfg.evaluation.confidence) for c in comparisons]
     return write_report(cfg.artifact_dir("eval"), table, refusal_table(per_question), comparisons, sentences, judge,
                         per_question, cfg)

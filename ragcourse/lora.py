@@ -392,7 +392,7 @@ def run_sweep(cfg: CourseConfig, settings: SweepSettings | None = None, verbose:
     import torch
     from peft import LoraConfig
 
-    from .data import load_dataset_artifact
+    from .data import load_dataset
     from .hardware import detect_hardware
     from .models import load_causal_lm, load_tokenizer
     from .runtime import seed_everything, versions
@@ -400,7 +400,7 @@ def run_sweep(cfg: CourseConfig, settings: SweepSettings | None = None, verbose:
     settings = settings or SweepSettings()
     hw = detect_hardware()
     tokenizer = load_tokenizer(cfg)
-    dataset = load_dataset_artifact(cfg)
+    dataset = load_dataset(cfg)  # the notebook ensures it first (pipeline.ensure(cfg, "dataset"))
     encode = functools.partial(_completion_only_example, tokenizer=tokenizer, max_length=cfg.model.max_length)
     train = [encode(dataset["train"][i]) for i in range(min(settings.train_examples, dataset["train"].num_rows))]
     val = [encode(dataset["validation"][i]) for i in range(min(settings.validation_examples, dataset["validation"].num_rows))]

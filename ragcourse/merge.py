@@ -51,30 +51,65 @@ def load_adapter_model(cfg: CourseConfig, adapter_dir: str | Path | None = None,
     return PeftModel.from_pretrained(fresh_base(cfg, base), str(adapter_dir))
 
 
-def merge(cfg: CourseConfig, adapter_dir: str | Path | None = None, base: str = "auto") -> tuple[Any, Any]:
-    """(adapter model, merged model): the adapter on a fresh 16-bit base, and a merged copy of the same weights.
-
-    ``merge_and_unload`` computes W + (alpha/r)·B·A once per layer, so the merged model runs as fast as the base.
-    """
-    import copy
-
-    adapter_model = load_adapter_model(cfg, adapter_dir, base)
-    merged = copy.deepcopy(adapter_model).merge_and_unload()
-    return adapter_model.eval(), merged.eval()
-
-
-def max_logit_difference(model_a: Any, model_b: Any, tokenizer: Any, prompts: Sequence[str]) -> list[float]:
-    """Largest absolute difference of next-token logits over every position of each prompt."""
+def record_logits(model: Any, tokenizer: Any, prompts: Sequence[str]) -> list[Any]:
+    """Next-token logits at every position of each prompt, kept on the CPU in fp32 (the reference a merge must match)."""
     import torch
 
-    diffs = []
+    out = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model_a.device)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            a = model_a(**ids).logits.float()
-            b = model_b(**ids).logits.float()
-        diffs.append(float((a - b).abs().max()))
-    return diffs
+            out.append(model(**ids).logits.float().cpu())
+    return out
+
+
+def max_logit_difference(reference: Sequence[Any], model: Any, tokenizer: Any, prompts: Sequence[str]) -> list[float]:
+    """Largest absolute difference between ``model``'s logits and the ``reference`` (:func:`record_logits`), per prompt."""
+    return [float((ref - now).abs().max()) for ref, now in zip(reference, record_logits(model, tokenizer, prompts))]
+
+
+def merge(cfg: CourseConfig, tokenizer: Any, prompts: Sequence[str], adapter_dir: str | Path | None = None,
+          base: str = "auto") -> tuple[Any, list[float]]:
+    """(merged model, logit differences): the adapter on a fresh 16-bit base, merged **in place**, and checked.
+
+    The adapter model's logits on ``prompts`` are recorded first; ``merge_and_unload`` then computes
+    W + (alpha/r)·B·A in every adapted layer of the same weights (no second copy of the model), and the merged
+    model's logits are compared with the recording. The merged model runs as fast as the base.
+    """
+    adapter_model = load_adapter_model(cfg, adapter_dir, base).eval()
+    reference = record_logits(adapter_model, tokenizer, prompts)
+    merged = adapter_model.merge_and_unload().eval()
+    return merged, max_logit_difference(reference, merged, tokenizer, prompts)
+
+
+def check_prompts(cfg: CourseConfig, tokenizer: Any, n: int = 4) -> list[str]:
+    """The first ``n`` test prompts of the dataset, chat template applied: what the merge is checked on."""
+    from .data import load_dataset
+
+    test = load_dataset(cfg)["test"]
+    return [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+            for ex in test.select(range(min(n, test.num_rows)))]
+
+
+def adapter_tokenizer(cfg: CourseConfig) -> Any:
+    """The tokenizer saved with the adapter (its pad token and chat template), pad token checked."""
+    from .models import load_tokenizer
+    from .train import ensure_pad_token
+
+    tokenizer = load_tokenizer(cfg, str(cfg.artifact_dir("adapter")))
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def build_merged(cfg: CourseConfig) -> Path:
+    """``ragcourse merge``: merge the saved adapter in place, refuse a merge outside tolerance, save it."""
+    tokenizer = adapter_tokenizer(cfg)
+    dtype = merge_dtype(cfg)
+    merged, diffs = merge(cfg, tokenizer, check_prompts(cfg, tokenizer))
+    if diffs and max(diffs) > TOLERANCE[dtype]:
+        raise RuntimeError(f"The merged model differs from the adapter model by {max(diffs):.3g} in its logits "
+                           f"(tolerance for {dtype}: {TOLERANCE[dtype]:g}); not saved. Notebook 04 shows how to look.")
+    return save_merged(merged, tokenizer, cfg, max_logit_difference=max(diffs, default=0.0), merge_dtype=dtype)
 
 
 def finalize_generation_config(model: Any, tokenizer: Any) -> None:
@@ -89,15 +124,14 @@ def finalize_generation_config(model: Any, tokenizer: Any) -> None:
 
 def save_merged(model: Any, tokenizer: Any, cfg: CourseConfig, target: Path | None = None, **extra: Any) -> Path:
     """Save the merged model as safetensors with its tokenizer, chat template, generation config and manifest."""
-    from .artifacts import atomic_dir, file_hashes, write_manifest
+    from .artifacts import atomic_dir, write_manifest
 
     target = target or cfg.artifact_dir("merged")
-    adapter_manifest = cfg.artifact_dir("adapter") / "manifest.json"
     finalize_generation_config(model, tokenizer)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, cfg, file_hashes([adapter_manifest]) if adapter_manifest.is_file() else {}, **extra)
+        write_manifest(tmp, cfg, "merged", **extra)
     return target
 
 
@@ -105,18 +139,14 @@ def folder_mb(path: str | Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
 
 
-def load_or_build_merged(cfg: CourseConfig) -> tuple[Any, Any]:
-    """(merged model, tokenizer) from ``outputs/<preset>/merged``, merging the adapter first if it is missing."""
+def load_merged(cfg: CourseConfig) -> tuple[Any, Any]:
+    """(merged model, tokenizer) from ``outputs/<preset>/merged`` as it is on disk (``pipeline.ensure`` makes it current)."""
     from .models import load_causal_lm, load_tokenizer
-    from .train import ensure_pad_token
 
     target = cfg.artifact_dir("merged")
-    if not (target / "model.safetensors").is_file() and not list(target.glob("model-*.safetensors")):
-        print(f"No merged model at {target}: merging the adapter now (notebook 04 explains it).")
-        tokenizer = load_tokenizer(cfg, str(cfg.artifact_dir("adapter")))
-        ensure_pad_token(tokenizer)
-        _, merged = merge(cfg)
-        save_merged(merged, tokenizer, cfg, target)
+    if not list(target.glob("*.safetensors")):
+        raise FileNotFoundError(f"No merged model in {target}: run notebooks/04_adapter_merge.ipynb or "
+                                f"`ragcourse merge --preset {cfg.preset}`.")
     return load_causal_lm(cfg, quantize=False, path=str(target)), load_tokenizer(cfg, str(target))
 
 

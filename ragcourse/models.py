@@ -227,3 +227,14 @@ def generate(
     finally:
         model.train(was_training)
     return answers
+
+
+def free_memory() -> None:
+    """Return freed tensors' memory now (Python's collector, then CUDA's cache), before the next model is loaded (notebooks 04, 06)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,9 +1,9 @@
-"""RAG with LlamaIndex: a persisted index, our model as the LLM, and a query engine in the training format (notebook 05).
+"""RAG with LlamaIndex: our model as the LLM, and a query engine in the training format (notebook 05).
 
-Three things here decide whether the fine-tuned model is used well:
+Three things decide whether the fine-tuned model is used well:
 
-* the index holds **the same chunks** the dataset was built from (same splitter, sizes and tokenizer), so the
-  passages at question time look like the passages of training;
+* the index holds **the same chunks** the dataset was built from (``retrieval.build_index`` on
+  ``data.corpus_chunks``), so the passages at question time look like the passages of training;
 * the LLM wrapper applies **the model's chat template**, and the query engine builds **the training prompt**
   (``prompts.user_prompt`` with numbered passages, ``model.system_prompt``): LlamaIndex's default QA template is a
   different prompt, and a fine-tuned model queried with it silently loses much of what it learned;
@@ -13,197 +13,17 @@ Three things here decide whether the fine-tuned model is used well:
 from __future__ import annotations
 
 import functools
-import json
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import prompts
 from .config import CourseConfig
+from .retrieval import configured_kind, make_retriever, retrieval_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from llama_index.core import VectorStoreIndex
-    from llama_index.core.schema import BaseNode, NodeWithScore
-
-QDRANT_COLLECTION = "ragcourse"
-QDRANT_HELP = (
-    "rag.vector_store: qdrant needs the Qdrant client and LlamaIndex's Qdrant integration:\n"
-    "    pip install qdrant-client llama-index-vector-stores-qdrant\n"
-    "and a running Qdrant server, for example with Docker:\n"
-    "    docker run -d -p 6333:6333 -v \"$PWD/qdrant_storage:/qdrant/storage\" qdrant/qdrant\n"
-    "then set rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs no server)."
-)
-
-
-class VectorStoreUnavailable(RuntimeError):
-    """The configured vector store cannot be used; the message says what to install or start."""
-
-
-# -- 1. the index: same chunks as the dataset, persisted and reloaded ------------------------------------------
-
-
-def index_settings(cfg: CourseConfig) -> dict[str, Any]:
-    """What the index depends on besides the corpus files: chunking, the tokenizer that counts, the embedder, the store."""
-    return {
-        "chunk_size": cfg.data.chunk_size,
-        "chunk_overlap": cfg.data.chunk_overlap,
-        "tokenizer": cfg.model.name,
-        "embedding": cfg.embedding.name,
-        "vector_store": cfg.rag.vector_store,
-        "vector_store_url": cfg.rag.vector_store_url,
-    }
-
-
-def corpus_chunks(cfg: CourseConfig, tokenizer: Any = None) -> list["BaseNode"]:
-    """The chunks of ``data.corpus_dir`` exactly as notebook 01 made them (same splitter, sizes and token counter)."""
-    from . import data
-    from .models import load_tokenizer
-
-    tokenizer = tokenizer or load_tokenizer(cfg)
-    docs = data.load_documents(cfg.data.corpus_dir)
-    return data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, tokenizer=data.token_counter(tokenizer))
-
-
-def _corpus_hashes(cfg: CourseConfig) -> dict[str, str]:
-    from .artifacts import file_hashes
-    from .config import project_root, resolve_path
-
-    corpus = resolve_path(cfg.data.corpus_dir)
-    return file_hashes(sorted(p for p in corpus.rglob("*") if p.is_file()), project_root())
-
-
-def vector_store(cfg: CourseConfig) -> Any:
-    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a ``QdrantVectorStore``.
-
-    The Qdrant client is imported only here: the course does not install it (see ``QDRANT_HELP``).
-    """
-    if cfg.rag.vector_store == "simple":
-        return None
-    if cfg.rag.vector_store != "qdrant":
-        raise VectorStoreUnavailable(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
-    try:
-        import qdrant_client
-        from llama_index.vector_stores.qdrant import QdrantVectorStore
-    except ImportError as exc:
-        raise VectorStoreUnavailable(f"{QDRANT_HELP}\n(import failed: {exc})") from None
-    url = cfg.rag.vector_store_url or "http://localhost:6333"
-    client = qdrant_client.QdrantClient(url=url)
-    try:
-        client.get_collections()
-    except Exception as exc:  # the client raises several transport errors; all mean "no server there"
-        raise VectorStoreUnavailable(f"No Qdrant server answers at {url} ({exc}).\n{QDRANT_HELP}") from None
-    return QdrantVectorStore(client=client, collection_name=f"{QDRANT_COLLECTION}-{cfg.preset}")
-
-
-def build_index(cfg: CourseConfig, embed_model: Any = None, chunks: Sequence["BaseNode"] | None = None,
-                target: Path | None = None) -> "VectorStoreIndex":
-    """Embed the corpus chunks and persist the index to ``outputs/<preset>/index``, atomically, with a manifest.
-
-    With Qdrant the vectors live in the server and the folder keeps the docstore (the chunk texts BM25 needs).
-    """
-    from llama_index.core import StorageContext, VectorStoreIndex
-
-    from .artifacts import atomic_dir, write_manifest
-    from .retrieval import embedding_model
-
-    target = Path(target or cfg.artifact_dir("index"))
-    embed_model = embed_model or embedding_model(cfg)
-    chunks = list(chunks) if chunks is not None else corpus_chunks(cfg)
-    store = vector_store(cfg)
-    storage = StorageContext.from_defaults(vector_store=store) if store is not None else None
-    index = VectorStoreIndex(chunks, embed_model=embed_model, storage_context=storage,
-                             store_nodes_override=True)  # keep chunk texts in the docstore for BM25, whatever the store
-    with atomic_dir(target) as tmp:
-        index.storage_context.persist(persist_dir=str(tmp))
-        write_manifest(tmp, cfg, _corpus_hashes(cfg), index_settings=index_settings(cfg), chunks=len(chunks))
-    return index
-
-
-def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = None) -> "VectorStoreIndex":
-    """Reload a persisted index (``StorageContext.from_defaults(persist_dir=...)`` + ``load_index_from_storage``)."""
-    from llama_index.core import StorageContext, load_index_from_storage
-
-    from .retrieval import embedding_model
-
-    path = Path(path or cfg.artifact_dir("index"))
-    store = vector_store(cfg)
-    kwargs = {"vector_store": store} if store is not None else {}
-    storage = StorageContext.from_defaults(persist_dir=str(path), **kwargs)
-    return load_index_from_storage(storage, embed_model=embed_model or embedding_model(cfg))
-
-
-def index_stale_reason(cfg: CourseConfig, path: Path | None = None) -> str | None:
-    """Why the persisted index cannot be reused (None when it can): missing, corpus changed, or settings changed."""
-    from .artifacts import read_manifest
-
-    path = Path(path or cfg.artifact_dir("index"))
-    manifest = read_manifest(path)
-    if manifest is None:
-        return f"no index at {path}"
-    if manifest.get("inputs") != _corpus_hashes(cfg):
-        return "the corpus files changed"
-    if manifest.get("index_settings") != json.loads(json.dumps(index_settings(cfg))):
-        return "chunking, tokenizer, embedding model or vector store changed"
-    return None
-
-
-def load_or_build_index(cfg: CourseConfig, embed_model: Any = None, rebuild: bool = False) -> "VectorStoreIndex":
-    """The persisted index when it is up to date, else a freshly built (and persisted) one."""
-    reason = "rebuild requested" if rebuild else index_stale_reason(cfg)
-    if reason is None:
-        return load_index(cfg, embed_model)
-    print(f"Building the index ({reason}).")
-    return build_index(cfg, embed_model)
-
-
-def configured_kind(cfg: CourseConfig) -> str:
-    """The configured retriever's name: ``rag.retriever``, plus ``+rerank`` when the cross-encoder stage is on."""
-    return cfg.rag.retriever + ("+rerank" if cfg.rag.rerank else "")
-
-
-def cross_encoder(cfg: CourseConfig):
-    """The cross-encoder named by ``rag.rerank_model`` (hub id or local folder) as a LlamaIndex postprocessor."""
-    from .models import resolve_model
-    from .retrieval import cross_encoder_reranker
-
-    if not cfg.rag.rerank_model:
-        raise ValueError("Reranking needs rag.rerank_model: a cross-encoder hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) "
-                         "or a local folder saved by sentence-transformers.")
-    return cross_encoder_reranker(resolve_model(cfg.rag.rerank_model, cfg))
-
-
-def reranker(cfg: CourseConfig):
-    """The configured second stage: :func:`cross_encoder`, or None when ``rag.rerank`` is off (cpu-smoke)."""
-    return cross_encoder(cfg) if cfg.rag.rerank else None
-
-
-def describe_retrieval(cfg: CourseConfig) -> str:
-    """One line: what happens between a question and the passages the model reads."""
-    first = {"dense": f"dense ({cfg.embedding.name})", "bm25": "BM25",
-             "hybrid": f"hybrid RRF (dense weight {cfg.rag.dense_weight:g}, BM25 {1 - cfg.rag.dense_weight:g})"}[cfg.rag.retriever]
-    if not cfg.rag.rerank:
-        return f"{first} -> top {cfg.rag.similarity_top_k} passages (rag.rerank is off)"
-    return (f"{first} -> {cfg.rag.rerank_candidates} candidates -> cross-encoder {cfg.rag.rerank_model} "
-            f"-> top {cfg.rag.similarity_top_k} passages")
-
-
-def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | None = None, top_k: int | None = None,
-                   dense_weight: float | None = None):
-    """``retrieval.make_retriever`` with the config's defaults (``rag.retriever``, ``similarity_top_k``, ``dense_weight``).
-
-    ``kind`` is ``dense``, ``bm25`` or ``hybrid``, optionally with ``+rerank`` (the cross-encoder stage on top);
-    None is the configured retriever (:func:`configured_kind`).
-    """
-    from .retrieval import make_retriever as _make
-
-    first, _, stage = (kind or configured_kind(cfg)).partition("+")
-    if stage not in ("", "rerank"):
-        raise ValueError(f"retriever kind must be dense, bm25 or hybrid, optionally with +rerank; got {kind!r}")
-    second = {"candidates": cfg.rag.rerank_candidates, "reranker": cross_encoder(cfg)} if stage else {}
-    return _make(index, first, top_k=top_k or cfg.rag.similarity_top_k,
-                 dense_weight=cfg.rag.dense_weight if dense_weight is None else dense_weight, **second)
-
+    from llama_index.core.schema import NodeWithScore
 
 # -- 2. our model as LlamaIndex's LLM ------------------------------------------------------------------------
 
@@ -306,50 +126,21 @@ def course_llm(model: Any, tokenizer: Any, cfg: CourseConfig, name: str = "model
                                context_window=int(window), use_adapter=use_adapter)
 
 
-def merged_stale_reason(cfg: CourseConfig) -> str | None:
-    """Why notebook 04's merged model cannot be used with the adapter on disk (None when it can)."""
-    from .artifacts import file_hashes, read_manifest
-
-    target = cfg.artifact_dir("merged")
-    manifest = read_manifest(target)
-    if manifest is None or not list(target.glob("*.safetensors")):
-        return f"no merged model at {target}"
-    adapter_manifest = cfg.artifact_dir("adapter") / "manifest.json"
-    if adapter_manifest.is_file() and manifest.get("inputs") != file_hashes([adapter_manifest]):
-        return "it was merged from an older adapter"
-    return None
-
-
 def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
-    """(adapter model, merged model, tokenizer) for notebook 05, section 2.
+    """(adapter model, merged model, tokenizer) for notebook 05, section 2, loaded as they are on disk.
 
     The adapter model is the trained adapter on the base loaded *exactly as in training* (4-bit where the preset
     trains with QLoRA): what was trained, and small enough to sit beside the 16-bit merged model on every preset's
     GPU. With its adapter switched off (``course_llm(..., use_adapter=False)``) it is the base model. The merged
-    model is notebook 04's artifact, merged again here when it is missing or older than the adapter.
+    model is notebook 04's artifact (``pipeline.ensure(cfg, "merged")`` makes it current first).
     """
-    import copy
-
     from peft import PeftModel
 
-    from .merge import load_adapter_model, load_or_build_merged, save_merged
-    from .models import load_causal_lm, load_tokenizer
-    from .train import ensure_pad_token
+    from .merge import load_merged
+    from .models import load_causal_lm
 
-    adapter_dir = cfg.artifact_dir("adapter")
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"No adapter in {adapter_dir}. Build it first: run notebooks/03_qlora_training.ipynb, "
-                                f"or `ragcourse train --preset {cfg.preset}`, or ragcourse.train.train(cfg).")
-    tokenizer = load_tokenizer(cfg, str(adapter_dir))  # saved with the adapter: its pad token and chat template
-    ensure_pad_token(tokenizer)
-    reason = merged_stale_reason(cfg)
-    if reason:
-        print(f"Merging the adapter now ({reason}); notebook 04 explains and checks the merge.")
-        to_merge = load_adapter_model(cfg)
-        save_merged(copy.deepcopy(to_merge).merge_and_unload(), tokenizer, cfg)
-        del to_merge
-    merged_model, _ = load_or_build_merged(cfg)
-    adapter_model = PeftModel.from_pretrained(load_causal_lm(cfg), str(adapter_dir))
+    merged_model, tokenizer = load_merged(cfg)  # the tokenizer saved with it: the adapter's pad token and template
+    adapter_model = PeftModel.from_pretrained(load_causal_lm(cfg), str(cfg.artifact_dir("adapter")))
     return adapter_model.eval(), merged_model.eval(), tokenizer
 
 
@@ -467,7 +258,7 @@ def context_nodes(row: Mapping[str, Any], index: "VectorStoreIndex") -> list["No
     return [NodeWithScore(node=index.docstore.get_node(c), score=None) for c in row["context_ids"]]
 
 
-def answer_questions(engine: Any, questions: Sequence[str], batch_size: int = 8) -> list[Any]:
+def query_many(engine: Any, questions: Sequence[str], batch_size: int = 8) -> list[Any]:
     """``engine.query`` for many questions at once: the same prompts, generated in batches (faster on any device)."""
     from llama_index.core.base.response.schema import Response
 
@@ -491,17 +282,15 @@ def sources_table(response: Any, width: int = 110) -> "pd.DataFrame":
 # -- 4. scoring answers given *retrieved* passages --------------------------------------------------------------
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"[\s,]", "", text.lower())
-
-
 def scoring_example(row: Mapping[str, Any], nodes: Sequence["NodeWithScore"]) -> dict[str, Any]:
     """A test row with ``has_oracle`` set from what was *retrieved*: the answer is in the passages when every oracle
     chunk was retrieved, or when a retrieved passage contains the key fact. Otherwise a refusal is the right answer."""
+    from .scoring import squash
+
     retrieved = {n.node.node_id for n in nodes}
-    text = _squash(" ".join(n.node.get_content() for n in nodes))
+    text = squash(" ".join(n.node.get_content() for n in nodes))
     oracle = set(row.get("oracle_ids") or [])
-    found = bool(oracle) and (oracle <= retrieved or bool(row.get("key_fact")) and _squash(row["key_fact"]) in text)
+    found = bool(oracle) and (oracle <= retrieved or bool(row.get("key_fact")) and squash(row["key_fact"]) in text)
     return {**row, "has_oracle": found}
 
 
@@ -514,7 +303,7 @@ def side_by_side(rows: Sequence[Mapping[str, Any]], engines: Mapping[str, Any], 
     questions = [r["question"] for r in rows]
     table = pd.DataFrame({"question": questions, "key fact": [r["key_fact"] or "(refuse)" for r in rows]})
     for name, engine in engines.items():
-        responses = answer_questions(engine, questions, batch_size=batch_size)
+        responses = query_many(engine, questions, batch_size=batch_size)
         examples = [scoring_example(r, resp.source_nodes) for r, resp in zip(rows, responses)]
         table["answer in passages"] = [e["has_oracle"] for e in examples]
         table[name] = [resp.response for resp in responses]
@@ -537,8 +326,6 @@ def retrieval_quality(index: "VectorStoreIndex", rows: Sequence[Mapping[str, Any
 
     ``kinds`` defaults to dense, BM25 and hybrid, plus the configured retriever with its reranker when it has one."""
     import pandas as pd
-
-    from .retrieval import retrieval_metrics
 
     if kinds is None:
         kinds = ["dense", "bm25", "hybrid"] + ([configured_kind(cfg)] if cfg.rag.rerank else [])

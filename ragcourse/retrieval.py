@@ -1,12 +1,14 @@
-"""Retrieval: the local embedding model, the vector index, BM25 and their fusion (notebooks 01 and 05).
+"""Retrieval: the local embedding model, the vector index, BM25, their fusion and the reranker (notebooks 01 and 05).
 
 The same retriever picks the RAFT distractors in notebook 01 and the passages at question time in
-notebook 05, so the model is trained on the kind of context it will be given.
+notebook 05, so the model is trained on the kind of context it will be given. The index holds **the same chunks**
+the dataset was built from (``data.corpus_chunks``), so the passages at question time look like those of training.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import CourseConfig
@@ -49,11 +51,108 @@ def configure_llamaindex(cfg: CourseConfig, llm: Any | None = None, embed_model:
     Settings.llm = llm or MockLLM()
 
 
-def build_index(nodes: Sequence["BaseNode"], embed_model: Any, show_progress: bool = False) -> "VectorStoreIndex":
-    """An in-memory vector index over ``nodes`` (persist it with ``index.storage_context.persist``)."""
-    from llama_index.core import VectorStoreIndex
+QDRANT_COLLECTION = "ragcourse"
+QDRANT_HELP = (
+    "rag.vector_store: qdrant needs the Qdrant client and LlamaIndex's Qdrant integration:\n"
+    "    pip install qdrant-client llama-index-vector-stores-qdrant\n"
+    "and a running Qdrant server, for example with Docker:\n"
+    "    docker run -d -p 6333:6333 -v \"$PWD/qdrant_storage:/qdrant/storage\" qdrant/qdrant\n"
+    "then set rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs no server)."
+)
 
-    return VectorStoreIndex(list(nodes), embed_model=embed_model, show_progress=show_progress)
+
+class VectorStoreUnavailable(RuntimeError):
+    """The configured vector store cannot be used; the message says what to install or start."""
+
+
+# -- 1. the index: same chunks as the dataset, persisted and reloaded ------------------------------------------
+
+
+def vector_store(cfg: CourseConfig) -> Any:
+    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a ``QdrantVectorStore``.
+
+    The Qdrant client is imported only here: the course does not install it (see ``QDRANT_HELP``).
+    """
+    if cfg.rag.vector_store == "simple":
+        return None
+    if cfg.rag.vector_store != "qdrant":
+        raise VectorStoreUnavailable(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
+    try:
+        import qdrant_client
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+    except ImportError as exc:
+        raise VectorStoreUnavailable(f"{QDRANT_HELP}\n(import failed: {exc})") from None
+    url = cfg.rag.vector_store_url or "http://localhost:6333"
+    client = qdrant_client.QdrantClient(url=url)
+    try:
+        client.get_collections()
+    except Exception as exc:  # the client raises several transport errors; all mean "no server there"
+        raise VectorStoreUnavailable(f"No Qdrant server answers at {url} ({exc}).\n{QDRANT_HELP}") from None
+    return QdrantVectorStore(client=client, collection_name=f"{QDRANT_COLLECTION}-{cfg.preset}")
+
+
+def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig | None = None,
+                show_progress: bool = False) -> "VectorStoreIndex":
+    """A vector index over ``nodes`` (in memory, or in the vector store ``cfg`` names); :func:`save_index` persists it.
+
+    The chunk texts stay in the docstore whatever the store, because BM25 needs them.
+    """
+    from llama_index.core import StorageContext, VectorStoreIndex
+
+    store = vector_store(cfg) if cfg is not None else None
+    storage = StorageContext.from_defaults(vector_store=store) if store is not None else None
+    return VectorStoreIndex(list(nodes), embed_model=embed_model, storage_context=storage, store_nodes_override=True,
+                            show_progress=show_progress)
+
+
+def save_index(index: "VectorStoreIndex", cfg: CourseConfig, target: Path | None = None) -> Path:
+    """Persist ``index`` to ``outputs/<preset>/index``, atomically, with its manifest (notebook 05, section 1)."""
+    from .artifacts import atomic_dir, write_manifest
+
+    target = Path(target or cfg.artifact_dir("index"))
+    with atomic_dir(target) as tmp:
+        index.storage_context.persist(persist_dir=str(tmp))
+        write_manifest(tmp, cfg, "index", chunks=len(index.docstore.docs))
+    return target
+
+
+def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = None) -> "VectorStoreIndex":
+    """Reload a persisted index (``StorageContext.from_defaults(persist_dir=...)`` + ``load_index_from_storage``)."""
+    from llama_index.core import StorageContext, load_index_from_storage
+
+    path = Path(path or cfg.artifact_dir("index"))
+    store = vector_store(cfg)
+    kwargs = {"vector_store": store} if store is not None else {}
+    storage = StorageContext.from_defaults(persist_dir=str(path), **kwargs)
+    return load_index_from_storage(storage, embed_model=embed_model or embedding_model(cfg))
+
+
+def configured_kind(cfg: CourseConfig) -> str:
+    """The configured retriever's name: ``rag.retriever``, plus ``+rerank`` when the cross-encoder stage is on."""
+    return cfg.rag.retriever + ("+rerank" if cfg.rag.rerank else "")
+
+
+def cross_encoder(cfg: CourseConfig):
+    """The cross-encoder named by ``rag.rerank_model`` (hub id or local folder) as a LlamaIndex postprocessor."""
+    if not cfg.rag.rerank_model:
+        raise ValueError("Reranking needs rag.rerank_model: a cross-encoder hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) "
+                         "or a local folder saved by sentence-transformers.")
+    return cross_encoder_reranker(resolve_model(cfg.rag.rerank_model, cfg))
+
+
+def reranker(cfg: CourseConfig):
+    """The configured second stage: :func:`cross_encoder`, or None when ``rag.rerank`` is off (cpu-smoke)."""
+    return cross_encoder(cfg) if cfg.rag.rerank else None
+
+
+def describe_retrieval(cfg: CourseConfig) -> str:
+    """One line: what happens between a question and the passages the model reads."""
+    first = {"dense": f"dense ({cfg.embedding.name})", "bm25": "BM25",
+             "hybrid": f"hybrid RRF (dense weight {cfg.rag.dense_weight:g}, BM25 {1 - cfg.rag.dense_weight:g})"}[cfg.rag.retriever]
+    if not cfg.rag.rerank:
+        return f"{first} -> top {cfg.rag.similarity_top_k} passages (rag.rerank is off)"
+    return (f"{first} -> {cfg.rag.rerank_candidates} candidates -> cross-encoder {cfg.rag.rerank_model} "
+            f"-> top {cfg.rag.similarity_top_k} passages")
 
 
 def rrf_fuse(rankings: Sequence[Sequence["NodeWithScore"]], weights: Sequence[float], top_k: int) -> list["NodeWithScore"]:
@@ -71,29 +170,31 @@ def rrf_fuse(rankings: Sequence[Sequence["NodeWithScore"]], weights: Sequence[fl
     return [NodeWithScore(node=nodes[n], score=scores[n]) for n in best]
 
 
-def make_retriever(
-    index: "VectorStoreIndex",
-    kind: str = "hybrid",
-    top_k: int = 4,
-    dense_weight: float = 0.5,
-    candidates: int = 20,
-    reranker: Any = None,
-):
-    """A LlamaIndex retriever: ``dense`` (embeddings), ``bm25`` (exact terms) or ``hybrid`` (RRF of both).
+def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | None = None, top_k: int | None = None,
+                   dense_weight: float | None = None, candidates: int | None = None):
+    """A LlamaIndex retriever with the config's defaults (``rag.retriever``, ``similarity_top_k``, ``dense_weight``).
 
-    With a ``reranker`` (:func:`cross_encoder_reranker`), the first stage returns ``candidates`` chunks and the
-    cross-encoder re-scores them against the question; the best ``top_k`` are kept.
+    ``kind`` is ``dense`` (embeddings), ``bm25`` (exact terms) or ``hybrid`` (RRF of both), optionally with
+    ``+rerank``: the first stage returns ``rag.rerank_candidates`` chunks and the cross-encoder re-scores them
+    against the question; the best ``top_k`` are kept. None is the configured retriever (:func:`configured_kind`).
     """
     from llama_index.core.retrievers import BaseRetriever
 
-    if reranker is not None:
-        first = make_retriever(index, kind, top_k=max(candidates, top_k), dense_weight=dense_weight, candidates=candidates)
+    first_kind, _, stage = (kind or configured_kind(cfg)).partition("+")
+    if stage not in ("", "rerank") or first_kind not in ("dense", "bm25", "hybrid"):
+        raise ValueError(f"retriever kind must be dense, bm25 or hybrid, optionally with +rerank; got {kind!r}")
+    top_k = top_k or cfg.rag.similarity_top_k
+    dense_weight = cfg.rag.dense_weight if dense_weight is None else dense_weight
+    if stage:
+        pool = max(candidates or cfg.rag.rerank_candidates, top_k)
+        first = make_retriever(index, cfg, first_kind, top_k=pool, dense_weight=dense_weight, candidates=pool)
+        rerank = cross_encoder(cfg)
 
         class RerankedRetriever(BaseRetriever):
             """First-stage retrieval, then a cross-encoder re-scores every (question, chunk) pair."""
 
             def _retrieve(self, query_bundle):
-                return reranker.postprocess_nodes(first.retrieve(query_bundle), query_bundle=query_bundle)[:top_k]
+                return rerank.postprocess_nodes(first.retrieve(query_bundle), query_bundle=query_bundle)[:top_k]
 
         return RerankedRetriever()
 
@@ -104,15 +205,13 @@ def make_retriever(
 
         return BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=min(k, len(nodes)), language="english")
 
-    if kind == "dense":
+    if first_kind == "dense":
         return index.as_retriever(similarity_top_k=top_k)
-    if kind == "bm25":
+    if first_kind == "bm25":
         return bm25(top_k)
-    if kind != "hybrid":
-        raise ValueError(f"retriever kind must be dense, bm25 or hybrid, got {kind!r}")
-
-    dense_r = index.as_retriever(similarity_top_k=candidates)
-    lexical_r = bm25(candidates)
+    pool = max(candidates or 20, top_k)
+    dense_r = index.as_retriever(similarity_top_k=pool)
+    lexical_r = bm25(pool)
 
     class HybridRetriever(BaseRetriever):
         """Dense + BM25, fused by weighted reciprocal rank."""

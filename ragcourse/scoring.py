@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from .prompts import final_answer, is_refusal
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
     """Lowercase, no spaces or thousands separators: "1,450 kg" and "1450kg" compare equal."""
     return re.sub(r"[\s,]", "", text.lower())
 
@@ -24,7 +24,7 @@ def is_correct(example: Mapping[str, Any], generated: str) -> bool:
     answer = final_answer(generated)
     if should_refuse(example):
         return is_refusal(generated)
-    return not is_refusal(answer) and _squash(example["key_fact"]) in _squash(answer)
+    return not is_refusal(answer) and squash(example["key_fact"]) in squash(answer)
 
 
 def token_f1(prediction: str, reference: str) -> float:

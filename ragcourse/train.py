@@ -43,15 +43,13 @@ def ensure_pad_token(tokenizer: Any) -> str:
                      "({'pad_token': '<|pad|>'}) and model.resize_token_embeddings(len(tokenizer)).")
 
 
-def load_model_for_training(cfg: CourseConfig, hw: Hardware | None = None):
-    """The base model (4-bit when ``quantization.load_in_4bit``) made ready for k-bit training, with LoRA attached."""
+def prepare_for_training(cfg: CourseConfig, model: Any) -> Any:
+    """The loaded base made ready for (k-bit) training, with the LoRA adapter of ``lora.lora_config(cfg)`` attached."""
     from peft import prepare_model_for_kbit_training
 
     from .lora import get_peft_model, lora_config
-    from .models import load_causal_lm
+    from .runtime import seed_everything
 
-    hw = hw or detect_hardware()
-    model = load_causal_lm(cfg, hw=hw)
     if cfg.quantization.load_in_4bit:
         # Casts norms to fp32 and freezes the base; the Trainer switches activation checkpointing on itself.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -59,10 +57,15 @@ def load_model_for_training(cfg: CourseConfig, hw: Hardware | None = None):
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     # LoRA's A matrices are initialised at random: seed here, so the notebook and `ragcourse train` start from the
     # same adapter whatever ran before in the process.
-    from .runtime import seed_everything
-
     seed_everything(cfg.training.seed)
     return get_peft_model(model, lora_config(cfg))
+
+
+def load_model_for_training(cfg: CourseConfig, hw: Hardware | None = None):
+    """The base model (4-bit when ``quantization.load_in_4bit``) made ready for k-bit training, with LoRA attached."""
+    from .models import load_causal_lm
+
+    return prepare_for_training(cfg, load_causal_lm(cfg, hw=hw or detect_hardware()))
 
 
 def optimizer_name(cfg: CourseConfig, hw: Hardware) -> str:
@@ -299,31 +302,59 @@ def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "Datase
     return trainer
 
 
-def run_training(trainer: Any, resume: bool = False) -> Any:
-    """Train, resuming from the last *complete* checkpoint when ``resume`` (half-written ones are set aside)."""
+class ResumeRefused(ValueError):
+    """``--resume`` found checkpoints made from other inputs than this run's."""
+
+
+FINGERPRINT = "fingerprint.json"
+
+
+def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
+    """``trainer.train()`` (section 6), resuming from the last *complete* checkpoint when ``resume`` (half-written
+    ones are set aside).
+
+    The checkpoint folder records the adapter's inputs (``artifacts.fingerprint(cfg, "adapter")``): a resume from
+    checkpoints made from another dataset or other settings is refused with the reason.
+    """
+    from .artifacts import difference
+    from .artifacts import fingerprint as inputs_of
+
+    fingerprint = inputs_of(cfg, "adapter")
+
+    output_dir = Path(trainer.args.output_dir)
     checkpoint = None
     if resume:
-        set_aside_incomplete_checkpoints(trainer.args.output_dir)
-        checkpoint = last_checkpoint(trainer.args.output_dir)
+        set_aside_incomplete_checkpoints(output_dir)
+        checkpoint = last_checkpoint(output_dir)
+        if checkpoint is not None:
+            try:
+                saved = json.loads((output_dir / FINGERPRINT).read_text())
+            except (OSError, ValueError):
+                saved = None
+            reason = difference(saved, fingerprint) if saved is not None else "they carry no record of their inputs"
+            if reason:
+                raise ResumeRefused(f"--resume refused: the checkpoints in {output_dir} were made from other inputs "
+                                    f"({reason}). Train without --resume to start over.")
         print(f"resuming from {checkpoint}" if checkpoint else "no complete checkpoint: starting from the beginning")
-    elif trainer.is_world_process_zero():
-        old = sorted(Path(trainer.args.output_dir).glob("*checkpoint-*"))
+    if checkpoint is None and trainer.is_world_process_zero():
+        old = sorted(output_dir.glob("*checkpoint-*"))
         if old:  # a fresh run: an earlier run's checkpoints would mix with this one's in rotation and "best" tracking
-            print(f"starting fresh: removing {len(old)} checkpoint(s) of an earlier run in {trainer.args.output_dir}")
+            print(f"starting fresh: removing {len(old)} checkpoint(s) of an earlier run in {output_dir}")
             for path in old:
                 shutil.rmtree(path, ignore_errors=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2))
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path | None = None,
                  loss_png: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Adapter + tokenizer (with chat template) + loss history + manifest, written atomically."""
-    from .artifacts import atomic_dir, file_hashes, write_manifest
+    from .artifacts import atomic_dir, write_manifest
 
     target = target or cfg.artifact_dir("adapter")
     if not trainer.is_world_process_zero():
         return target
-    dataset_manifest = cfg.artifact_dir("dataset") / "manifest.json"
     with atomic_dir(target) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -331,8 +362,7 @@ def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path |
         (tmp / "log_history.json").write_text(json.dumps(history, indent=2))
         if loss_png is not None and Path(loss_png).is_file():
             shutil.copy(loss_png, tmp / "loss_curve.png")
-        write_manifest(tmp, cfg, file_hashes([dataset_manifest]) if dataset_manifest.is_file() else {},
-                       best_checkpoint=trainer.state.best_model_checkpoint, best_eval_loss=trainer.state.best_metric,
+        write_manifest(tmp, cfg, "adapter", best_checkpoint=trainer.state.best_model_checkpoint, best_eval_loss=trainer.state.best_metric,
                        global_step=trainer.state.global_step, num_processes=trainer.args.world_size, **(extra or {}))
     return target
 
@@ -344,20 +374,18 @@ def losses(log_history: list[dict[str, Any]]) -> tuple[list[tuple[int, float]], 
     return train, evals
 
 
-def train(cfg: CourseConfig, resume: bool = False, live_plot: bool = False) -> Path:
-    """The whole of notebook 03 without the teaching: dataset, model, trainer, training, saved adapter."""
-    from .data import load_dataset_artifact
-    from .models import load_tokenizer
+def train(cfg: CourseConfig, dataset: "DatasetDict", resume: bool = False, live_plot: bool = False) -> Path:
+    """The whole of notebook 03 without the teaching: model, trainer, training on ``dataset``, saved adapter.
 
-    from accelerate import PartialState
+    ``pipeline.ensure(cfg, "adapter")`` calls it with a current dataset; under ``accelerate launch`` every process does.
+    """
+    from .models import load_tokenizer
 
     hw = detect_hardware()
     tokenizer = load_tokenizer(cfg)
-    with PartialState().main_process_first():  # under `accelerate launch`, one process builds a missing dataset
-        dataset = load_dataset_artifact(cfg)
     model = load_model_for_training(cfg, hw)
     plot_path = cfg.output_dir / "plots" / "loss_curve.png"
     curve = loss_curve_callback(plot_path, live=live_plot)
     trainer = make_trainer(cfg, model, tokenizer, dataset, cfg.output_dir / "checkpoints", callbacks=[curve], hw=hw)
-    run_training(trainer, resume=resume)
+    run_training(trainer, cfg, resume=resume)
     return save_adapter(trainer, tokenizer, cfg, loss_png=plot_path)

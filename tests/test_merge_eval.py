@@ -36,11 +36,10 @@ def test_merged_logits_equal_adapter_logits(tmp_path):
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)  # a fresh adapter has B = 0; make the update real
     peft_model.save_pretrained(tmp_path / "adapter")
-    adapter_model, merged = merge.merge(cfg, tmp_path / "adapter")
     prompts_ = [models.chat_prompt(tok, "What is the AH-14 charge?"), "Vellmark builds heat pumps in Hallstrand."]
-    diffs = merge.max_logit_difference(adapter_model, merged, tok, prompts_)
+    merged, diffs = merge.merge(cfg, tok, prompts_, tmp_path / "adapter")
     base = models.load_causal_lm(cfg, quantize=False)
-    moved = merge.max_logit_difference(base, merged, tok, prompts_)
+    moved = merge.max_logit_difference(merge.record_logits(base, tok, prompts_), merged, tok, prompts_)
     assert max(diffs) <= merge.TOLERANCE["float32"] < min(moved)  # equal to the adapter, different from the base
     assert not hasattr(merged, "peft_config")
 

@@ -42,7 +42,8 @@ def _nodes():
 @pytest.fixture(scope="module")
 def persisted(cfg, embed_model, tmp_path_factory):
     target = tmp_path_factory.mktemp("index") / "index"
-    index = rag.build_index(cfg, embed_model, chunks=_nodes(), target=target)
+    index = retrieval.build_index(_nodes(), embed_model, cfg)
+    retrieval.save_index(index, cfg, target)
     return index, target
 
 
@@ -59,10 +60,10 @@ def llm(cfg):
 def test_persisted_index_reloads_and_answers_identically(cfg, embed_model, persisted, llm):
     index, target = persisted
     assert (target / "docstore.json").is_file() and (target / "manifest.json").is_file()
-    reloaded = rag.load_index(cfg, embed_model, path=target)
+    reloaded = retrieval.load_index(cfg, embed_model, path=target)
     assert set(reloaded.docstore.docs) == set(index.docstore.docs)
-    first = rag.query_engine(rag.make_retriever(index, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
-    second = rag.query_engine(rag.make_retriever(reloaded, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
+    first = rag.query_engine(retrieval.make_retriever(index, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
+    second = rag.query_engine(retrieval.make_retriever(reloaded, cfg, "hybrid", top_k=3), llm, cfg).query(QUESTION)
     assert [n.node.node_id for n in first.source_nodes] == [n.node.node_id for n in second.source_nodes]
     assert [n.score for n in first.source_nodes] == pytest.approx([n.score for n in second.source_nodes])
     assert first.response and first.response == second.response
@@ -77,14 +78,14 @@ def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm):
     # LlamaIndex's stock engine, built without an explicit LLM, must pick ours up from Settings.
     from llama_index.core.query_engine import RetrieverQueryEngine
 
-    engine = RetrieverQueryEngine.from_args(rag.make_retriever(persisted[0], cfg, "dense", top_k=2))
+    engine = RetrieverQueryEngine.from_args(retrieval.make_retriever(persisted[0], cfg, "dense", top_k=2))
     assert engine.query(QUESTION).response is not None
     assert "You are an expert Q&A system" in llm.last_prompt  # it really went through our LLM
     assert not any(name.startswith("llama_index.llms.openai") for name in sys.modules)
 
 
 def test_query_engine_prompt_is_the_training_format(cfg, persisted, llm):
-    engine = rag.query_engine(rag.make_retriever(persisted[0], cfg, "hybrid", top_k=3), llm, cfg)
+    engine = rag.query_engine(retrieval.make_retriever(persisted[0], cfg, "hybrid", top_k=3), llm, cfg)
     response = engine.query(QUESTION)
     passages = [{"text": n.node.get_content(), "title": n.node.metadata["title"], "section": n.node.metadata["section"]}
                 for n in response.source_nodes]
@@ -115,7 +116,7 @@ def test_retrieval_quality_table(cfg, persisted):
 def test_hybrid_finds_the_identifier_that_dense_misses(cfg, persisted):
     index, _ = persisted
     k = 3
-    ranks = {kind: rag.first_relevant_rank(rag.ranked_ids(rag.make_retriever(index, cfg, kind, top_k=len(TOPICAL) + 1),
+    ranks = {kind: rag.first_relevant_rank(rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=len(TOPICAL) + 1),
                                                           [QUESTION])[0], {"ah14#000"})
              for kind in ("dense", "bm25", "hybrid")}
     assert ranks["dense"] > k, ranks
@@ -125,23 +126,26 @@ def test_hybrid_finds_the_identifier_that_dense_misses(cfg, persisted):
 def test_qdrant_switch_explains_what_is_missing(monkeypatch, embed_model, tmp_path):
     monkeypatch.setitem(sys.modules, "qdrant_client", None)  # as if not installed, even where it is
     qcfg = load_config("cpu-smoke", rag={"vector_store": "qdrant", "vector_store_url": "http://localhost:6333"})
-    with pytest.raises(rag.VectorStoreUnavailable, match="pip install qdrant-client") as err:
-        rag.vector_store(qcfg)
+    with pytest.raises(retrieval.VectorStoreUnavailable, match="pip install qdrant-client") as err:
+        retrieval.vector_store(qcfg)
     assert "docker run" in str(err.value) and "qdrant/qdrant" in str(err.value)
-    with pytest.raises(rag.VectorStoreUnavailable):
-        rag.build_index(qcfg, embed_model, chunks=_nodes(), target=tmp_path / "index")
+    with pytest.raises(retrieval.VectorStoreUnavailable):
+        retrieval.build_index(_nodes(), embed_model, qcfg)
     assert not (tmp_path / "index").exists()
 
 
 def test_stale_index_is_detected(cfg, persisted):
+    from ragcourse.artifacts import stale_reason
+
     _, target = persisted
+    assert stale_reason(cfg, "index", target) is None
     changed = load_config("cpu-smoke", data={"chunk_size": 128})
-    assert rag.index_stale_reason(changed, target) is not None
-    assert "no index" in rag.index_stale_reason(cfg, target.parent / "missing")
+    assert "'chunk_size' settings changed" in stale_reason(changed, "index", target)
+    assert "no index" in stale_reason(cfg, "index", target.parent / "missing")
 
 
 def test_injection_filter_and_guard(cfg, persisted):
-    retriever = rag.make_retriever(persisted[0], cfg, "bm25", top_k=2)
+    retriever = retrieval.make_retriever(persisted[0], cfg, "bm25", top_k=2)
     poisoned = rag.poison(retriever.retrieve(QUESTION))
     assert rag.INJECTION in poisoned[0].node.get_content()
     plain = rag.rag_messages(QUESTION, rag.passages_of(poisoned), cfg.model.system_prompt)
@@ -182,11 +186,11 @@ def test_reranker_reorders_the_first_stage_by_cross_encoder_scores(persisted, ti
 
     index, _ = persisted
     rcfg = load_config("cpu-smoke", rag={"rerank": True, "rerank_model": str(tiny_cross_encoder), "rerank_candidates": 6})
-    assert rag.configured_kind(rcfg) == "hybrid+rerank" and rag.reranker(rcfg).trust_remote_code is False
-    assert "6 candidates -> cross-encoder" in rag.describe_retrieval(rcfg)
+    assert retrieval.configured_kind(rcfg) == "hybrid+rerank" and retrieval.reranker(rcfg).trust_remote_code is False
+    assert "6 candidates -> cross-encoder" in retrieval.describe_retrieval(rcfg)
 
-    first = rag.make_retriever(index, rcfg, "hybrid", top_k=6).retrieve(QUESTION)
-    reranked = rag.make_retriever(index, rcfg, top_k=3).retrieve(QUESTION)  # the configured kind: hybrid+rerank
+    first = retrieval.make_retriever(index, rcfg, "hybrid", top_k=6).retrieve(QUESTION)
+    reranked = retrieval.make_retriever(index, rcfg, top_k=3).retrieve(QUESTION)  # the configured kind: hybrid+rerank
     scores = CrossEncoder(str(tiny_cross_encoder)).predict(
         [(QUESTION, hit.node.get_content(metadata_mode=MetadataMode.EMBED)) for hit in first])
     expected = [hit.node.node_id for _, hit in sorted(zip(scores, first), key=lambda pair: -pair[0])][:3]
@@ -199,18 +203,17 @@ def test_reranker_reorders_the_first_stage_by_cross_encoder_scores(persisted, ti
 
 def test_rerank_settings_are_checked_and_change_the_dataset():
     from ragcourse.config import ConfigError
-    from ragcourse.data import distractor_retrieval
+    from ragcourse.artifacts import fingerprint
 
     with pytest.raises(ConfigError, match="rag.rerank_model"):
         load_config("cpu-smoke", rag={"rerank": True})
     with pytest.raises(ConfigError, match="rerank_candidates"):
         load_config("cpu-smoke", rag={"rerank": True, "rerank_model": "x", "rerank_candidates": 2})
     with pytest.raises(ValueError, match="dense, bm25 or hybrid"):
-        rag.make_retriever(None, load_config("cpu-smoke"), "hybrid+colbert")
-    off = load_config("cpu-smoke").to_dict()["rag"]
-    on = load_config("colab-t4").to_dict()["rag"]
-    assert on["rerank"] and not off["rerank"] and "rag.rerank is off" in rag.describe_retrieval(load_config("cpu-smoke"))
+        retrieval.make_retriever(None, load_config("cpu-smoke"), "hybrid+colbert")
+    assert load_config("colab-t4").rag.rerank and "rag.rerank is off" in retrieval.describe_retrieval(load_config("cpu-smoke"))
     # The distractors of notebook 01 are ranked by the serving retriever, so turning the reranker on rebuilds the data;
     # a reranker model that is switched off does not.
-    assert distractor_retrieval(off) != distractor_retrieval({**off, "rerank": True, "rerank_model": "m"})
-    assert distractor_retrieval(off) == distractor_retrieval({**off, "rerank_model": "m"})
+    settings = lambda **rag_: fingerprint(load_config("cpu-smoke", rag=rag_), "dataset")["settings"]
+    assert settings() != settings(rerank=True, rerank_model="m")
+    assert settings() == settings(rerank_model="m")

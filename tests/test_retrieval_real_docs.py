@@ -73,7 +73,7 @@ def test_bm25_finds_an_exact_identifier_that_dense_misses_and_hybrid_keeps_it(re
     cfg, index, rows = real_docs
     questions = [r["question"] for r in rows]
     ranks = {kind: [rag.first_relevant_rank(ids, set(r["oracle_ids"])) or 99 for ids, r in
-                    zip(rag.ranked_ids(rag.make_retriever(index, cfg, kind, top_k=20), questions), rows)]
+                    zip(rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=20), questions), rows)]
              for kind in ("dense", "bm25", "hybrid")}
     # The first query, in the generator's seeded order, that BM25 ranks in the top 5 and dense below it.
     case = next((i for i in range(len(rows)) if ranks["bm25"][i] <= 5 < ranks["dense"][i]), None)
