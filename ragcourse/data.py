@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from . import prompts
 from .config import CourseConfig, resolve_path
+from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import DatasetDict
@@ -27,10 +28,6 @@ SUPPORTED = {".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf"}
 QA_TYPES = {"factual", "numeric", "procedural", "multi_hop", "unanswerable", "synthetic"}
 QA_FIELDS = ("id", "question", "answer", "key_fact", "type", "doc_ids", "supporting_passages")
 SPLITS = ("train", "validation", "test")
-
-
-class DataError(ValueError):
-    """Input data is unusable; the message names the file and the fix."""
 
 
 @dataclass
