@@ -241,6 +241,46 @@ def chunks_table(nodes: Sequence["TextNode"], tokenizer: Callable[[str], list] |
 # -- 3. curated Q&A -----------------------------------------------------------------------------
 
 
+# The JSON kind each Q&A field must have (what a learner writes by hand gets checked line by line).
+QA_KINDS: dict[str, tuple[type, str]] = {
+    "id": (str, "a string"), "question": (str, "a string"), "answer": (str, "a string"), "key_fact": (str, "a string"),
+    "type": (str, "a string"), "doc_ids": (list, "a list of document ids (file stems), e.g. [\"manual\"]"),
+    "supporting_passages": (list, "a list of passages copied from those documents"),
+}
+
+
+def _qa_lines(path: Path) -> list[str]:
+    """The lines of one Q&A file; a file that is not UTF-8 is named with the line of its first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        lineno = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno} is not UTF-8 (byte {raw[exc.start]:#04x}): save {path} as UTF-8 "
+                        f"(e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def check_qa_item(item: Any, where: str) -> dict[str, Any]:
+    """One parsed Q&A line, checked: a JSON object with every field of the right kind (the error names ``where``)."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected one JSON object per line ({{\"id\": ..., \"question\": ...}}), got {json.dumps(item)[:40]}.")
+    missing = [f for f in QA_FIELDS if f not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; every pair needs {list(QA_FIELDS)}.")
+    for name, (kind, described) in QA_KINDS.items():
+        if not isinstance(item[name], kind):
+            raise DataError(f"{where}: {name} must be {described}, got {json.dumps(item[name])[:40]}.")
+    for name in ("doc_ids", "supporting_passages"):
+        if not all(isinstance(x, str) for x in item[name]):
+            raise DataError(f"{where}: every entry of {name} must be a string, got {json.dumps(item[name])[:60]}.")
+    if item["type"] not in QA_TYPES:
+        raise DataError(f"{where}: type {item['type']!r} is not one of {sorted(QA_TYPES)}.")
+    if len(item["doc_ids"]) != len(item["supporting_passages"]):
+        raise DataError(f"{where}: {len(item['doc_ids'])} doc_ids but {len(item['supporting_passages'])} supporting_passages; "
+                        f"give one passage per document id.")
+    return item
+
+
 def load_qa(folder: str | Path) -> list[dict[str, Any]]:
     """Read every ``*.jsonl`` Q&A file; each line is checked and a bad one is named with its line number."""
     root = resolve_path(folder)
@@ -250,23 +290,16 @@ def load_qa(folder: str | Path) -> list[dict[str, Any]]:
         return []
     items, ids = [], set()
     for path in files:
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_qa_lines(path), 1):
             if not line.strip():
                 continue
-            where = f"{path.name}:{lineno}"
+            where = f"{path}:{lineno}"
             try:
-                item = json.loads(line)
+                item = check_qa_item(json.loads(line), where)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where} is not valid JSON ({exc.msg}); each line must be one JSON object.") from None
-            missing = [f for f in QA_FIELDS if f not in item]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {missing}; every pair needs {list(QA_FIELDS)}.")
-            if item["type"] not in QA_TYPES:
-                raise DataError(f"{where}: type {item['type']!r} is not one of {sorted(QA_TYPES)}.")
             if item["id"] in ids:
-                raise DataError(f"{where}: duplicate id {item['id']!r}.")
-            if len(item["doc_ids"]) != len(item["supporting_passages"]):
-                raise DataError(f"{where}: doc_ids and supporting_passages must have the same length.")
+                raise DataError(f"{where}: duplicate id {item['id']!r}; give each pair its own id.")
             ids.add(item["id"])
             item.setdefault("regulation_version", None)
             item["source"] = "curated"
@@ -490,15 +523,40 @@ def group_split(items: Sequence[dict[str, Any]], groups: dict[str, str], fractio
     total = sum(len(v) for v in by_group.values())
     targets = [f * total for f in fractions]
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    placed: dict[str, list[str]] = {s: [] for s in SPLITS}
     for name in order:
         pick = max(range(3), key=lambda i: (targets[i] - len(out[SPLITS[i]]), -i))
         out[SPLITS[pick]].extend(by_group[name])
+        placed[SPLITS[pick]].append(name)
+    for empty in (s for s in SPLITS if not placed[s]):
+        # Few groups (say 3 of sizes 3, 2, 2) can leave a split without any: give it the smallest group of the split
+        # that has the most groups, so each split holds at least one whenever there are three groups or more.
+        donor = max(SPLITS, key=lambda s: (len(placed[s]), s == "train"))
+        if len(placed[donor]) > 1:
+            moved = placed[donor].pop()  # groups were placed largest first: the last is the smallest
+            placed[empty].append(moved)
+            out[donor] = [it for it in out[donor] if groups[it["doc_ids"][0]] != moved]
+            out[empty].extend(by_group[moved])
     rng.shuffle(loose)
     cut1 = round(fractions[0] * len(loose))
     cut2 = cut1 + round(fractions[1] * len(loose))
     for s, part in zip(SPLITS, (loose[:cut1], loose[cut1:cut2], loose[cut2:])):
         out[s].extend(part)
     return out
+
+
+def check_splits(splits: dict[str, list[dict[str, Any]]], groups: dict[str, str], items: Sequence[dict[str, Any]],
+                 qa_dir: str | Path) -> None:
+    """Raise before any work is saved when a split is empty: train, validation and test each need a document group."""
+    empty = [s for s in SPLITS if not splits[s]]
+    if not empty:
+        return
+    used = {groups[d] for it in items for d in it["doc_ids"][:1] if d in groups}
+    raise DataError(
+        f"The {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty: the {len(items)} Q&A pairs come "
+        f"from {len(used)} document group(s) (documents that must share a split: near-duplicates and multi-hop pairs), "
+        f"and train, validation and test each need at least one. Add Q&A pairs about at least {max(3 - len(used), 1)} "
+        f"more document(s) to {qa_dir} (about 10 or more documents with pairs give a useful test split).")
 
 
 def remove_cross_split_duplicates(splits: dict[str, list[dict[str, Any]]], threshold: float) -> list[dict[str, Any]]:
@@ -637,6 +695,7 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
     rng = random.Random(cfg.training.seed)
     qa_splits = group_split(items, groups, cfg.data.split_fractions, cfg.training.seed)
     removed = remove_cross_split_duplicates(qa_splits, cfg.data.dedup_threshold)
+    check_splits(qa_splits, groups, items, cfg.data.qa_dir)
 
     index = index or build_index(chunks, embedding_model(cfg))
     from .rag import reranker
@@ -690,6 +749,11 @@ def save_dataset(prepared: PreparedData, cfg: CourseConfig, target: Path | None 
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # three bars per split say nothing a learner needs
+    empty = [s for s in SPLITS if not prepared.examples[s]]
+    if empty:  # datasets saves an empty split, then cannot load it back
+        raise DataError(f"Nothing saved: the {' and '.join(empty)} split has no examples "
+                        f"({sum(prepared.dropped_too_long.values())} were longer than model.max_length={cfg.model.max_length}): "
+                        f"raise model.max_length, lower data.num_distractors or data.chunk_size, or add Q&A pairs.")
     target = target or cfg.artifact_dir("dataset")
     ds = to_dataset_dict(prepared.examples)
     with atomic_dir(target) as tmp:
