@@ -18,7 +18,7 @@ def _start(args: argparse.Namespace, quiet: bool = True):
     from .config import parse_overrides
     from .runtime import start
 
-    return start(args.preset, args.config, quiet=quiet, **parse_overrides(args.overrides))
+    return start(args.preset, args.config, quiet=quiet, writes=args.command != "config", **parse_overrides(args.overrides))
 
 
 def cmd_config(args: argparse.Namespace) -> int:

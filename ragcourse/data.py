@@ -58,13 +58,34 @@ def _clean(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
 
 
+_HIDING_STYLE = re.compile(r"display:none|visibility:(?:hidden|collapse)|font-size:0(?:\.0*)?(?:[a-z%]+)?(?:;|!|$)"
+                           r"|opacity:0(?:\.0*)?(?:;|!|$)|(?:width|height):0(?:px)?;.*overflow:hidden", re.I)
+
+
+def is_hidden(tag: Any) -> bool:
+    """Is an HTML element invisible to a reader (``hidden``, ``aria-hidden="true"``, ``display:none``, zero font size, ...)?
+
+    Inline styles and attributes only: a page that hides text through a stylesheet class is not caught.
+    """
+    attrs = getattr(tag, "attrs", None) or {}
+    if "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true":
+        return True
+    if tag.name == "input" and str(attrs.get("type", "")).lower() == "hidden":
+        return True
+    style = re.sub(r"\s+", "", str(attrs.get("style", "")))
+    return bool(style) and _HIDING_STYLE.search(style) is not None
+
+
 def html_to_markdown(source: str) -> tuple[str, str]:
     """Visible text of an HTML page as Markdown (headings kept as ``#``), plus its title."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(source, "html.parser")
-    for tag in soup(["script", "style", "noscript"]):
+    for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
+    for tag in soup.find_all(is_hidden):  # a reader never sees it, so the model must not either (hidden instructions)
+        if not tag.decomposed:
+            tag.decompose()
     blocks = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "dt", "dd", "blockquote")
     lines = []
     for el in soup.find_all(blocks):

@@ -22,15 +22,22 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, **overrides: Any) -> CourseConfig:
+def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, writes: bool = True,
+          **overrides: Any) -> CourseConfig:
     """Load the config, set the offline/no-telemetry environment, seed, and print what this run uses.
 
     Without a preset (argument, ``$RAGCOURSE_PRESET`` or ``preset:`` in the user YAML) the preset is
-    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory.
+    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory. When the run ``writes`` artifacts,
+    the output folder is probed first (a read-only one fails now, not after the work) and the temporary folders
+    of killed runs are removed.
     """
+    from .artifacts import check_writable, clean_stale_temps
     from .hardware import auto_preset
 
     cfg = load_config(preset, user_config, fallback=auto_preset(), **overrides)
+    if writes:
+        check_writable(cfg.output_dir)
+        clean_stale_temps(cfg.output_dir)
     prepare_environment(offline=not needs_network(cfg.model.name, cfg.embedding.name))
     if cfg.training.torch_threads:
         from .hardware import set_torch_threads
