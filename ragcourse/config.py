@@ -387,6 +387,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The values each enumerated key accepts (names as the libraries spell them).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.torch_dtype": DTYPES,
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
     "quantization.bnb_4bit_compute_dtype": DTYPES,
     "quantization.bnb_4bit_quant_storage": ("uint8", "float16", "bfloat16", "float32"),
     "quantization.bnb_4bit_quant_type": ("nf4", "fp4"),
@@ -439,7 +440,7 @@ def _check_range(dotted: str, value: Any, interval: str) -> None:
 
 def _check_choice(dotted: str, value: str) -> None:
     allowed = CHOICES[dotted]
-    if value in allowed:
+    if value in allowed or (dotted == "model.attn_implementation" and "/" in value):  # a hub kernel, e.g. kernels-community/...
         return
     fix = DTYPE_ALIASES.get(str(value).lower()) if allowed is DTYPES else None
     if fix is None and allowed is DTYPES and str(value).lower() in DTYPE_ALIASES:
@@ -489,7 +490,7 @@ def _validate_values(cfg: CourseConfig) -> None:
 def _validate(cfg: CourseConfig) -> None:
     _validate_values(cfg)
     fractions = cfg.data.split_fractions
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
+    if len(fractions) != 3 or not abs(sum(fractions) - 1.0) <= 1e-6 or not all(0 < f < 1 for f in fractions):  # NaN fails too
         raise ConfigError(f"data.split_fractions must be three positive numbers summing to 1 (train, validation, test), got {fractions}.")
     if cfg.data.chunk_overlap >= cfg.data.chunk_size:
         raise ConfigError(f"data.chunk_overlap ({cfg.data.chunk_overlap}) must be smaller than data.chunk_size ({cfg.data.chunk_size}).")

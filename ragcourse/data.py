@@ -170,6 +170,8 @@ def load_documents(folder: str | Path) -> list["Document"]:
     from llama_index.core import Document
 
     root = resolve_path(folder)
+    if root.is_file():
+        raise DataError(f"data.corpus_dir is a file ({root}), not a folder: point it at the folder that holds your documents.")
     if not root.is_dir():
         raise DataError(f"Document folder not found: {root}. Set data.corpus_dir in your config to a folder of .md/.txt/.html/.pdf files.")
     notes: list[Skipped] = []
@@ -288,6 +290,10 @@ def check_qa_item(item: Any, where: str) -> dict[str, Any]:
     missing = [f for f in QA_FIELDS if f not in item]
     if missing:
         raise DataError(f"{where}: missing field(s) {missing}; every pair needs {list(QA_FIELDS)}.")
+    if isinstance(item["id"], int) and not isinstance(item["id"], bool):
+        item["id"] = str(item["id"])  # 7 and "7" are the same pair id
+    if item["key_fact"] is None:
+        item["key_fact"] = ""  # an unanswerable pair has no key fact
     for name, (kind, described) in QA_KINDS.items():
         if not isinstance(item[name], kind):
             raise DataError(f"{where}: {name} must be {described}, got {json.dumps(item[name])[:40]}.")
