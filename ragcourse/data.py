@@ -76,6 +76,24 @@ def is_hidden(tag: Any) -> bool:
     return bool(style) and _HIDING_STYLE.search(style) is not None
 
 
+_MD_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_MD_HIDDEN_ELEMENT = re.compile(r"<(?P<tag>[a-zA-Z][\w-]*)\b(?P<attrs>[^>]*)>.*?</(?P=tag)\s*>", re.S)
+
+
+def markdown_visible(source: str) -> str:
+    """Markdown without what a rendered page hides: HTML comments and inline HTML elements that ``is_hidden`` finds."""
+    from bs4 import BeautifulSoup
+
+    def keep(match: re.Match[str]) -> str:
+        if "hid" not in match["attrs"] and "style" not in match["attrs"]:
+            return match[0]
+        tag = BeautifulSoup(f"<{match['tag']}{match['attrs']}>", "html.parser").find(match["tag"])
+        return "" if tag is not None and is_hidden(tag) else match[0]
+
+    text = _MD_COMMENT.sub("", source)
+    return _MD_HIDDEN_ELEMENT.sub(keep, text) if "<" in text else text
+
+
 def html_to_markdown(source: str) -> tuple[str, str]:
     """Visible text of an HTML page as Markdown (headings kept as ``#``), plus its title."""
     from bs4 import BeautifulSoup
@@ -154,7 +172,7 @@ def read_document(path: Path, notes: list[Skipped]) -> tuple[str, str]:
         elif suffix in {".txt", ".text"}:
             title, text = text_to_markdown(source)
         else:
-            text = _clean(source)
+            text = _clean(markdown_visible(source))
             title = next((l.lstrip("# ").strip() for l in text.splitlines() if l.strip()), "")
     if not text.strip():
         raise DataError("empty (no text to index)")
