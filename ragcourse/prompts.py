@@ -39,7 +39,7 @@ def neutralize_special_tokens(text: str, extra: Iterable[str] = ()) -> str:
     """
     out = SPECIAL_TOKEN.sub(lambda m: _defang(m.group(0)), text)
     for token in extra:
-        if token and token in out:
+        if len(token) >= 3 and token in out:  # a one- or two-character "special" token would mangle ordinary text
             out = out.replace(token, _defang(token))
     return out
 
