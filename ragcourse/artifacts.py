@@ -7,14 +7,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .config import CourseConfig, project_root, resolve_path
-from .runtime import versions
+from .env import versions
 
 MANIFEST = "manifest.json"
 
@@ -28,20 +30,79 @@ def file_hashes(paths: Iterable[Path], root: Path | None = None) -> dict[str, st
     return out
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+# ``.<name>.tmp-<host>-<pid>-<random>``: the process that writes it, so a later run can tell a dead one's leftovers.
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:-[a-z0-9_]+)?")
+
+
+def pid_alive(pid: int) -> bool:
+    """Is a process with this id running on this machine? (Signal 0 checks without sending anything.)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clean_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary folders that :func:`atomic_dir` processes on this machine left when they were killed.
+
+    Only folders named with this host and a pid that no longer runs are removed (a live writer's, another machine's
+    on a shared disk, and anything not named by ``atomic_dir`` are kept). Returns what was removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TEMP.fullmatch(entry.name)
+        if match and match["host"] == _host() and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def check_writable(folder: Path) -> None:
+    """Raise a one-line ``PermissionError`` now if artifacts cannot be written under ``folder`` (before any work).
+
+    The folder need not exist: its nearest existing parent is tried instead. A probe file is created and removed.
+    """
+    folder = Path(folder)
+    probe_at = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if probe_at is None or not probe_at.is_dir():
+        raise PermissionError(f"Cannot write artifacts to {folder}: {probe_at} is not a folder. Set paths.output_root to a folder "
+                              f"you can write (e.g. --set paths.output_root=~/ragcourse-outputs).")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe_at)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise PermissionError(f"Cannot write artifacts to {folder} ({exc.strerror or exc} in {probe_at}): make it writable "
+                              f"(chmod u+w) or set paths.output_root to a folder you can write "
+                              f"(e.g. --set paths.output_root=~/ragcourse-outputs).") from None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
 
-    A crash leaves the previous artifact untouched (and at worst a ``.tmp-`` folder to delete).
+    A crash leaves the previous artifact untouched; a killed process leaves its ``.<name>.tmp-<host>-<pid>-...``
+    folder, which the next run (:func:`clean_stale_temps`) removes.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    clean_stale_temps(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{_host()}-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.old-{_host()}-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
         if old is not None:

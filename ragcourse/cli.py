@@ -18,7 +18,7 @@ def _start(args: argparse.Namespace, quiet: bool = True):
     from .config import parse_overrides
     from .runtime import start
 
-    return start(args.preset, args.config, quiet=quiet, **parse_overrides(args.overrides))
+    return start(args.preset, args.config, quiet=quiet, writes=args.command != "config", **parse_overrides(args.overrides))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -201,21 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale")
     p.set_defaults(func=cmd_learner_copies)
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", help="on an error, also show the full traceback")
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can fix from the message alone: printed as one line, not a traceback."""
+    from .config import ConfigError
+    from .errors import DataError
+    from .models import ModelNotAvailable
+    from .retrieval import VectorStoreUnavailable
+    from .train import ResumeRefused
+
+    return (ConfigError, DataError, ModelNotAvailable, VectorStoreUnavailable, ResumeRefused, FileNotFoundError,
+            PermissionError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: its message with line breaks folded (the OS's errors keep their file name)."""
+    return " ".join(str(exc).split()) or exc.__class__.__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .train import ResumeRefused
-
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except ResumeRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +265,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file not found: {path}") from None
+        raise ConfigError(f"Config file not found: {path}. Check the path (relative paths start at the course folder).") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a YAML file: pass a file such as {path / 'my-domain.yaml'}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                          f"save it as UTF-8 (without a UTF-16 byte-order mark).") from None
+    except PermissionError:
+        raise ConfigError(f"{path} cannot be read (permission denied): make it readable or copy it somewhere you own.") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -352,28 +360,141 @@ def _build(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any
     return cls(**kwargs)
 
 
+# The range of every numeric value, in interval notation ("(0, 1]": above 0, at most 1), with the keys it applies to.
+# A value outside its range fails at load time, not 15 s later inside a library (or silently, as a negative top_k).
+RANGES: dict[str, tuple[str, ...]] = {
+    "[1, inf)": ("model.max_new_tokens", "embedding.batch_size", "data.max_train_examples", "data.max_eval_examples",
+                 "lora.r", "training.per_device_train_batch_size", "training.per_device_eval_batch_size",
+                 "training.gradient_accumulation_steps", "training.logging_steps", "training.eval_steps",
+                 "training.save_steps", "training.save_total_limit", "training.torch_threads", "rag.similarity_top_k",
+                 "rag.rerank_candidates", "evaluation.max_questions", "evaluation.bootstrap_samples"),
+    "[0, inf)": ("data.chunk_overlap", "data.synthetic_chunks", "data.num_distractors", "training.warmup_steps",
+                 "training.weight_decay", "training.early_stopping_patience", "training.seed", "evaluation.judge_samples"),
+    "(0, inf)": ("expected.peak_memory_gb", "expected.total_minutes", "lora.lora_alpha", "training.num_train_epochs"),
+    "[16, inf)": ("model.max_length", "data.chunk_size"),
+    "[0, 1]": ("data.oracle_fraction", "rag.dense_weight"),
+    "(0, 1]": ("data.dedup_threshold", "training.learning_rate"),
+    "[0, 1)": ("lora.lora_dropout",),
+    "(0, 1)": ("evaluation.confidence",),
+}
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The values each enumerated key accepts (names as the libraries spell them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.torch_dtype": DTYPES,
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    "quantization.bnb_4bit_compute_dtype": DTYPES,
+    "quantization.bnb_4bit_quant_storage": ("uint8", "float16", "bfloat16", "float32"),
+    "quantization.bnb_4bit_quant_type": ("nf4", "fp4"),
+    "lora.bias": ("none", "all", "lora_only"),
+    "training.lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                                   "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
+                                   "cosine_warmup_with_min_lr", "warmup_stable_decay"),
+    "data.target_style": TARGET_STYLES,
+    "rag.retriever": ("dense", "bm25", "hybrid"),
+    "rag.vector_store": ("simple", "qdrant"),
+}
+# Keys that take a keyword or a model reference (a hub id with a '/', a local folder, or embedded:...).
+MODEL_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "model.name": (), "embedding.name": (), "rag.rerank_model": (),
+    "data.teacher": ("preset", "openai"),
+    "evaluation.judge": ("none", "preset", "openai"),
+}
+DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                 "float64": None, "double": None, "fp64": None}
+
+
+def _value(cfg: CourseConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _in_interval(value: float, interval: str) -> bool:
+    """Is ``value`` in an interval written as ``[1, inf)``, ``(0, 1]`` ...? (NaN never is.)"""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
+
+
+def _describe_interval(interval: str) -> str:
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    ends = [f"{'greater than' if interval[0] == '(' else 'at least'} {low:g}",
+            f"{'less than' if interval[-1] == ')' else 'at most'} {high:g}" if high != float("inf") else ""]
+    if interval[0] + interval[-1] == "[]":
+        return f"between {low:g} and {high:g}"
+    return " and ".join(e for e in ends if e)
+
+
+def _check_range(dotted: str, value: Any, interval: str) -> None:
+    if value is not None and not _in_interval(value, interval):
+        raise ConfigError(f"{dotted} must be {_describe_interval(interval)}, got {value!r}.")
+
+
+def _check_choice(dotted: str, value: str) -> None:
+    allowed = CHOICES[dotted]
+    if value in allowed or (dotted == "model.attn_implementation" and "/" in value):  # a hub kernel, e.g. kernels-community/...
+        return
+    fix = DTYPE_ALIASES.get(str(value).lower()) if allowed is DTYPES else None
+    if fix is None and allowed is DTYPES and str(value).lower() in DTYPE_ALIASES:
+        raise ConfigError(f"{dotted}: {value!r} is not supported for training (too slow and twice the memory of float32): "
+                          f"use one of {', '.join(allowed)}.")
+    close = [fix] if fix else difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
+    raise ConfigError(f"{dotted} must be one of {', '.join(allowed)}, got {value!r}."
+                      + (f" Did you mean '{close[0]}'?" if close else ""))
+
+
+def is_model_reference(ref: str) -> bool:
+    """A hub id (``owner/name``), a local folder, or ``embedded:...``: anything else is taken as a typo."""
+    if ref.startswith("embedded:") or "/" in ref or "\\" in ref or ref.startswith("~"):
+        return True
+    return Path(ref).exists() or (project_root() / ref).exists()
+
+
+def _check_model_keyword(dotted: str, value: str | None) -> None:
+    keywords = MODEL_KEYWORDS[dotted]
+    if value is None or value in keywords or is_model_reference(value):
+        return
+    close = difflib.get_close_matches(value.lower(), keywords, n=1, cutoff=0.6)
+    if close:
+        raise ConfigError(f"{dotted}: {value!r} looks like a typo of the keyword '{close[0]}' "
+                          f"(keywords: {', '.join(keywords)}; a model is a hub id with a '/', a local folder or embedded:...).")
+    what = f"one of {', '.join(keywords)}, or a model" if keywords else "a model"
+    raise ConfigError(f"{dotted}: {value!r} is neither a keyword nor a model reference: use {what} "
+                      f"(a hub id with its owner such as HuggingFaceTB/SmolLM2-135M-Instruct, an existing local folder, "
+                      f"or embedded:...).")
+
+
+def _validate_values(cfg: CourseConfig) -> None:
+    """Range, choice and keyword checks of every numeric and enumerated value (one error, naming the key)."""
+    for interval, keys in RANGES.items():
+        for dotted in keys:
+            _check_range(dotted, _value(cfg, dotted), interval)
+    for dotted in CHOICES:
+        _check_choice(dotted, _value(cfg, dotted))
+    for dotted in MODEL_KEYWORDS:
+        _check_model_keyword(dotted, _value(cfg, dotted))
+    if cfg.training.max_steps == 0 or cfg.training.max_steps < -1:
+        raise ConfigError(f"training.max_steps must be -1 (train for num_train_epochs) or at least 1, got {cfg.training.max_steps}.")
+    if isinstance(cfg.lora.target_modules, list) and not cfg.lora.target_modules:
+        raise ConfigError("lora.target_modules is empty: list module names (e.g. [q_proj, v_proj]) or use all-linear.")
+
+
 def _validate(cfg: CourseConfig) -> None:
+    _validate_values(cfg)
     fractions = cfg.data.split_fractions
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
+    if len(fractions) != 3 or not abs(sum(fractions) - 1.0) <= 1e-6 or not all(0 < f < 1 for f in fractions):  # NaN fails too
         raise ConfigError(f"data.split_fractions must be three positive numbers summing to 1 (train, validation, test), got {fractions}.")
-    if cfg.data.target_style not in TARGET_STYLES:
-        raise ConfigError(f"data.target_style must be one of {', '.join(TARGET_STYLES)}, got {cfg.data.target_style!r}.")
-    if not 0.0 <= cfg.data.oracle_fraction <= 1.0:
-        raise ConfigError(f"data.oracle_fraction must be between 0 and 1, got {cfg.data.oracle_fraction}.")
     if cfg.data.chunk_overlap >= cfg.data.chunk_size:
-        raise ConfigError("data.chunk_overlap must be smaller than data.chunk_size.")
-    if cfg.rag.retriever not in {"dense", "bm25", "hybrid"}:
-        raise ConfigError(f"rag.retriever must be dense, bm25 or hybrid, got {cfg.rag.retriever!r}.")
+        raise ConfigError(f"data.chunk_overlap ({cfg.data.chunk_overlap}) must be smaller than data.chunk_size ({cfg.data.chunk_size}).")
     if cfg.rag.rerank and not cfg.rag.rerank_model:
         raise ConfigError("rag.rerank is on but rag.rerank_model is empty: set it to a cross-encoder "
                           "(e.g. cross-encoder/ms-marco-MiniLM-L-6-v2, or a local folder), or set rag.rerank: false.")
     if cfg.rag.rerank and cfg.rag.rerank_candidates < cfg.rag.similarity_top_k:
         raise ConfigError(f"rag.rerank_candidates ({cfg.rag.rerank_candidates}) must be at least rag.similarity_top_k "
                           f"({cfg.rag.similarity_top_k}): the reranker can only reorder what the first stage returns.")
-    if cfg.rag.vector_store not in {"simple", "qdrant"}:
-        raise ConfigError(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
-    if cfg.quantization.bnb_4bit_quant_type not in {"nf4", "fp4"}:
-        raise ConfigError(f"quantization.bnb_4bit_quant_type must be nf4 or fp4, got {cfg.quantization.bnb_4bit_quant_type!r}.")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -385,12 +506,39 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--set expects section.key=value, got {pair!r}.")
         dotted, raw = pair.split("=", 1)
+        parts = dotted.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {pair!r}: the key has an empty part; write it as section.key=value, e.g. training.max_steps=5.")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote text, e.g. "
+                              f"--set '{dotted}=\"{raw}\"', or write a list as [a, b].") from None
         node = out
-        *parents, leaf = dotted.strip().split(".")
+        *parents, leaf = parts
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: {part} was already set to a value, so it cannot hold keys.")
+        node[leaf] = value
     return out
+
+
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_preset_name(name: Any, source: str = "--preset") -> str:
+    """A preset is a name under ``configs/`` (``cpu-smoke``), never a path: a path could write outside ``outputs/``."""
+    if isinstance(name, str) and PRESET_NAME.fullmatch(name):
+        return name
+    text = str(name)
+    stem = Path(text).name.removesuffix(".yaml").removesuffix(".yml")
+    hint = f" Use the name instead: {stem}." if stem != text and stem in available_presets() else ""
+    if text.endswith((".yaml", ".yml")):
+        hint += f" To layer your own YAML over a preset, pass it with --config {text}."
+    raise ConfigError(f"{source} takes a preset name (letters, digits, '-' or '_', e.g. {DEFAULT_PRESET}), "
+                      f"not {text!r}.{hint}")
 
 
 def load_config(
@@ -409,7 +557,14 @@ def load_config(
     if user_config is not None:
         user_path = resolve_path(user_config)
         user = _read_yaml(user_path)
-    name = preset or os.environ.get(PRESET_ENV) or user.pop("preset", None) or fallback
+    if preset:
+        name = check_preset_name(preset)
+    elif os.environ.get(PRESET_ENV):
+        name = check_preset_name(os.environ[PRESET_ENV], f"${PRESET_ENV}")
+    elif user.get("preset"):
+        name = check_preset_name(user["preset"], f"{user_path}: preset:")
+    else:
+        name = fallback
     user.pop("preset", None)
     preset_path = project_root() / "configs" / f"{name}.yaml"
     if not preset_path.is_file():

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from . import prompts
 from .config import CourseConfig, resolve_path
+from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from datasets import DatasetDict
@@ -27,10 +28,6 @@ SUPPORTED = {".md", ".markdown", ".txt", ".text", ".html", ".htm", ".pdf"}
 QA_TYPES = {"factual", "numeric", "procedural", "multi_hop", "unanswerable", "synthetic"}
 QA_FIELDS = ("id", "question", "answer", "key_fact", "type", "doc_ids", "supporting_passages")
 SPLITS = ("train", "validation", "test")
-
-
-class DataError(ValueError):
-    """Input data is unusable; the message names the file and the fix."""
 
 
 @dataclass
@@ -61,13 +58,52 @@ def _clean(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(line.rstrip() for line in text.splitlines())).strip()
 
 
+_HIDING_STYLE = re.compile(r"display:none|visibility:(?:hidden|collapse)|font-size:0(?:\.0*)?(?:[a-z%]+)?(?:;|!|$)"
+                           r"|opacity:0(?:\.0*)?(?:;|!|$)|(?:width|height):0(?:px)?;.*overflow:hidden", re.I)
+
+
+def is_hidden(tag: Any) -> bool:
+    """Is an HTML element invisible to a reader (``hidden``, ``aria-hidden="true"``, ``display:none``, zero font size, ...)?
+
+    Inline styles and attributes only: a page that hides text through a stylesheet class is not caught.
+    """
+    attrs = getattr(tag, "attrs", None) or {}
+    if "hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true":
+        return True
+    if tag.name == "input" and str(attrs.get("type", "")).lower() == "hidden":
+        return True
+    style = re.sub(r"\s+", "", str(attrs.get("style", "")))
+    return bool(style) and _HIDING_STYLE.search(style) is not None
+
+
+_MD_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_MD_HIDDEN_ELEMENT = re.compile(r"<(?P<tag>[a-zA-Z][\w-]*)\b(?P<attrs>[^>]*)>.*?</(?P=tag)\s*>", re.S)
+
+
+def markdown_visible(source: str) -> str:
+    """Markdown without what a rendered page hides: HTML comments and inline HTML elements that ``is_hidden`` finds."""
+    from bs4 import BeautifulSoup
+
+    def keep(match: re.Match[str]) -> str:
+        if "hid" not in match["attrs"] and "style" not in match["attrs"]:
+            return match[0]
+        tag = BeautifulSoup(f"<{match['tag']}{match['attrs']}>", "html.parser").find(match["tag"])
+        return "" if tag is not None and is_hidden(tag) else match[0]
+
+    text = _MD_COMMENT.sub("", source)
+    return _MD_HIDDEN_ELEMENT.sub(keep, text) if "<" in text else text
+
+
 def html_to_markdown(source: str) -> tuple[str, str]:
     """Visible text of an HTML page as Markdown (headings kept as ``#``), plus its title."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(source, "html.parser")
-    for tag in soup(["script", "style", "noscript"]):
+    for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
+    for tag in soup.find_all(is_hidden):  # a reader never sees it, so the model must not either (hidden instructions)
+        if not tag.decomposed:
+            tag.decompose()
     blocks = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "dt", "dd", "blockquote")
     lines = []
     for el in soup.find_all(blocks):
@@ -136,7 +172,7 @@ def read_document(path: Path, notes: list[Skipped]) -> tuple[str, str]:
         elif suffix in {".txt", ".text"}:
             title, text = text_to_markdown(source)
         else:
-            text = _clean(source)
+            text = _clean(markdown_visible(source))
             title = next((l.lstrip("# ").strip() for l in text.splitlines() if l.strip()), "")
     if not text.strip():
         raise DataError("empty (no text to index)")
@@ -152,6 +188,8 @@ def load_documents(folder: str | Path) -> list["Document"]:
     from llama_index.core import Document
 
     root = resolve_path(folder)
+    if root.is_file():
+        raise DataError(f"data.corpus_dir is a file ({root}), not a folder: point it at the folder that holds your documents.")
     if not root.is_dir():
         raise DataError(f"Document folder not found: {root}. Set data.corpus_dir in your config to a folder of .md/.txt/.html/.pdf files.")
     notes: list[Skipped] = []
@@ -244,6 +282,50 @@ def chunks_table(nodes: Sequence["TextNode"], tokenizer: Callable[[str], list] |
 # -- 3. curated Q&A -----------------------------------------------------------------------------
 
 
+# The JSON kind each Q&A field must have (what a learner writes by hand gets checked line by line).
+QA_KINDS: dict[str, tuple[type, str]] = {
+    "id": (str, "a string"), "question": (str, "a string"), "answer": (str, "a string"), "key_fact": (str, "a string"),
+    "type": (str, "a string"), "doc_ids": (list, "a list of document ids (file stems), e.g. [\"manual\"]"),
+    "supporting_passages": (list, "a list of passages copied from those documents"),
+}
+
+
+def _qa_lines(path: Path) -> list[str]:
+    """The lines of one Q&A file; a file that is not UTF-8 is named with the line of its first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        lineno = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno} is not UTF-8 (byte {raw[exc.start]:#04x}): save {path} as UTF-8 "
+                        f"(e.g. iconv -f latin1 -t utf-8).") from None
+
+
+def check_qa_item(item: Any, where: str) -> dict[str, Any]:
+    """One parsed Q&A line, checked: a JSON object with every field of the right kind (the error names ``where``)."""
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected one JSON object per line ({{\"id\": ..., \"question\": ...}}), got {json.dumps(item)[:40]}.")
+    missing = [f for f in QA_FIELDS if f not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; every pair needs {list(QA_FIELDS)}.")
+    if isinstance(item["id"], int) and not isinstance(item["id"], bool):
+        item["id"] = str(item["id"])  # 7 and "7" are the same pair id
+    if item["key_fact"] is None:
+        item["key_fact"] = ""  # an unanswerable pair has no key fact
+    for name, (kind, described) in QA_KINDS.items():
+        if not isinstance(item[name], kind):
+            raise DataError(f"{where}: {name} must be {described}, got {json.dumps(item[name])[:40]}.")
+    for name in ("doc_ids", "supporting_passages"):
+        if not all(isinstance(x, str) for x in item[name]):
+            raise DataError(f"{where}: every entry of {name} must be a string, got {json.dumps(item[name])[:60]}.")
+    if item["type"] not in QA_TYPES:
+        raise DataError(f"{where}: type {item['type']!r} is not one of {sorted(QA_TYPES)}.")
+    if len(item["doc_ids"]) != len(item["supporting_passages"]):
+        raise DataError(f"{where}: {len(item['doc_ids'])} doc_ids but {len(item['supporting_passages'])} supporting_passages; "
+                        f"give one passage per document id.")
+    return item
+
+
 def load_qa(folder: str | Path) -> list[dict[str, Any]]:
     """Read every ``*.jsonl`` Q&A file; each line is checked and a bad one is named with its line number."""
     root = resolve_path(folder)
@@ -253,23 +335,16 @@ def load_qa(folder: str | Path) -> list[dict[str, Any]]:
         return []
     items, ids = [], set()
     for path in files:
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_qa_lines(path), 1):
             if not line.strip():
                 continue
-            where = f"{path.name}:{lineno}"
+            where = f"{path}:{lineno}"
             try:
-                item = json.loads(line)
+                item = check_qa_item(json.loads(line), where)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where} is not valid JSON ({exc.msg}); each line must be one JSON object.") from None
-            missing = [f for f in QA_FIELDS if f not in item]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {missing}; every pair needs {list(QA_FIELDS)}.")
-            if item["type"] not in QA_TYPES:
-                raise DataError(f"{where}: type {item['type']!r} is not one of {sorted(QA_TYPES)}.")
             if item["id"] in ids:
-                raise DataError(f"{where}: duplicate id {item['id']!r}.")
-            if len(item["doc_ids"]) != len(item["supporting_passages"]):
-                raise DataError(f"{where}: doc_ids and supporting_passages must have the same length.")
+                raise DataError(f"{where}: duplicate id {item['id']!r}; give each pair its own id.")
             ids.add(item["id"])
             item.setdefault("regulation_version", None)
             item["source"] = "curated"
@@ -493,15 +568,40 @@ def group_split(items: Sequence[dict[str, Any]], groups: dict[str, str], fractio
     total = sum(len(v) for v in by_group.values())
     targets = [f * total for f in fractions]
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    placed: dict[str, list[str]] = {s: [] for s in SPLITS}
     for name in order:
         pick = max(range(3), key=lambda i: (targets[i] - len(out[SPLITS[i]]), -i))
         out[SPLITS[pick]].extend(by_group[name])
+        placed[SPLITS[pick]].append(name)
+    for empty in (s for s in SPLITS if not placed[s]):
+        # Few groups (say 3 of sizes 3, 2, 2) can leave a split without any: give it the smallest group of the split
+        # that has the most groups, so each split holds at least one whenever there are three groups or more.
+        donor = max(SPLITS, key=lambda s: (len(placed[s]), s == "train"))
+        if len(placed[donor]) > 1:
+            moved = placed[donor].pop()  # groups were placed largest first: the last is the smallest
+            placed[empty].append(moved)
+            out[donor] = [it for it in out[donor] if groups[it["doc_ids"][0]] != moved]
+            out[empty].extend(by_group[moved])
     rng.shuffle(loose)
     cut1 = round(fractions[0] * len(loose))
     cut2 = cut1 + round(fractions[1] * len(loose))
     for s, part in zip(SPLITS, (loose[:cut1], loose[cut1:cut2], loose[cut2:])):
         out[s].extend(part)
     return out
+
+
+def check_splits(splits: dict[str, list[dict[str, Any]]], groups: dict[str, str], items: Sequence[dict[str, Any]],
+                 qa_dir: str | Path) -> None:
+    """Raise before any work is saved when a split is empty: train, validation and test each need a document group."""
+    empty = [s for s in SPLITS if not splits[s]]
+    if not empty:
+        return
+    used = {groups[d] for it in items for d in it["doc_ids"][:1] if d in groups}
+    raise DataError(
+        f"The {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty: the {len(items)} Q&A pairs come "
+        f"from {len(used)} document group(s) (documents that must share a split: near-duplicates and multi-hop pairs), "
+        f"and train, validation and test each need at least one. Add Q&A pairs about at least {max(3 - len(used), 1)} "
+        f"more document(s) to {qa_dir} (about 10 or more documents with pairs give a useful test split).")
 
 
 def remove_cross_split_duplicates(splits: dict[str, list[dict[str, Any]]], threshold: float) -> list[dict[str, Any]]:
@@ -640,6 +740,7 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
     rng = random.Random(cfg.training.seed)
     qa_splits = group_split(items, groups, cfg.data.split_fractions, cfg.training.seed)
     removed = remove_cross_split_duplicates(qa_splits, cfg.data.dedup_threshold)
+    check_splits(qa_splits, groups, items, cfg.data.qa_dir)
 
     index = index or build_index(chunks, embedding_model(cfg))
     # The serving retriever (with its cross-encoder stage when rag.rerank is on) ranks the hard negatives.
@@ -684,6 +785,11 @@ def save_dataset(prepared: PreparedData, cfg: CourseConfig, target: Path | None 
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # three bars per split say nothing a learner needs
+    empty = [s for s in SPLITS if not prepared.examples[s]]
+    if empty:  # datasets saves an empty split, then cannot load it back
+        raise DataError(f"Nothing saved: the {' and '.join(empty)} split has no examples "
+                        f"({sum(prepared.dropped_too_long.values())} were longer than model.max_length={cfg.model.max_length}): "
+                        f"raise model.max_length, lower data.num_distractors or data.chunk_size, or add Q&A pairs.")
     target = target or cfg.artifact_dir("dataset")
     ds = to_dataset_dict(prepared.examples)
     with atomic_dir(target) as tmp:

@@ -6,7 +6,9 @@ reads ``HF_HUB_OFFLINE`` once, at import time.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import platform
 import os
 from pathlib import Path
 
@@ -65,3 +67,20 @@ def secret(name: str) -> str | None:
         return userdata.get(name)
     except Exception:
         return None
+
+
+TESTED_PACKAGES = (
+    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets",
+    "llama-index-core", "ragas", "sentence-transformers", "nbval",
+)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the course's main libraries (read from metadata, nothing imported)."""
+    out = {"python": platform.python_version()}
+    for name in TESTED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -197,6 +197,9 @@ def load_causal_lm(
 
 def chat_prompt(tokenizer: "PreTrainedTokenizerBase", user: str, system: str | None = None) -> str:
     """The exact prompt string the model sees: the tokenizer's chat template with the generation prompt."""
+    from .prompts import neutralize_special_tokens, special_token_strings
+
+    user = neutralize_special_tokens(user, special_token_strings(tokenizer))  # a passage in it cannot forge a turn
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -7,14 +7,52 @@ so the dataset builder, the trainer and the RAG query engine all call these func
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 NOT_IN_DOCUMENTS = "Not in the documents: none of the passages answers this question."
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
+# Strings that chat templates turn into control tokens. In a document or a question they are data: left as they are,
+# `<|im_end|>\n<|im_start|>system` inside a passage would end the user turn and open a forged system turn.
+SPECIAL_TOKEN = re.compile(
+    r"<\|[^<>|\n]{1,64}\|>"                              # ChatML (SmolLM2, Qwen), Llama 3, Phi: <|im_start|>, <|eot_id|>
+    r"|<\uff5c[^<>\uff5c\n]{1,64}\uff5c>"                   # DeepSeek's full-width bars
+    r"|\[/?INST\]|<</?SYS>>|</?s>"                         # Llama 2, Mistral
+    r"|<(?:start_of_turn|end_of_turn|bos|eos|pad|unk|mask)>"  # Gemma and generic
+    r"|<(?:repo_name|reponame|file_sep|filename|gh_stars|issue_start|issue_comment|issue_closed|jupyter_start"
+    r"|jupyter_text|jupyter_code|jupyter_output|jupyter_script|empty_output|fim_prefix|fim_middle|fim_suffix|fim_pad)>"
+)  # the last line: SmolLM2's (StarCoder's) added special tokens
+_DEFANG = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "\u2045", "]": "\u2046"})  # ‹ › ⁅ ⁆: read the same, tokenize apart
+
+
+def _defang(token: str) -> str:
+    out = token.translate(_DEFANG)
+    return out if out != token else token[:1] + "\u200b" + token[1:]  # no bracket to swap: split it with a zero-width space
+
+
+def neutralize_special_tokens(text: str, extra: Iterable[str] = ()) -> str:
+    """``text`` with every chat-template control string made plain text (``<|im_end|>`` -> ``‹|im_end|›``).
+
+    Covers the ChatML, Llama, Mistral, Gemma and SmolLM2 families (``SPECIAL_TOKEN``); ``extra`` adds a tokenizer's own
+    (:func:`special_token_strings`). Every document passage, title and question goes through it on its way into a
+    prompt (:func:`messages`), in training data and at serving time alike.
+    """
+    out = SPECIAL_TOKEN.sub(lambda m: _defang(m.group(0)), text)
+    for token in extra:
+        if len(token) >= 3 and token in out:  # a one- or two-character "special" token would mangle ordinary text
+            out = out.replace(token, _defang(token))
+    return out
+
+
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """Every string a tokenizer encodes as a special token (its named ones and its added special tokens)."""
+    added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)]
+    return sorted(set(added) | set(getattr(tokenizer, "all_special_tokens", [])), key=len, reverse=True)
+
 
 def format_passage(index: int, text: str, title: str = "", section: str = "") -> str:
     """``[2] (Fault Code Reference › E1xx) text`` — a numbered passage the answer can cite."""
+    title, section = " ".join(title.split()), " ".join(section.split())  # a title cannot start a line of its own
     label = f"{title} › {section}" if section and section != title else title
     header = f"[{index}] ({label})" if label else f"[{index}]"
     return f"{header} {' '.join(text.split())}"
@@ -33,9 +71,10 @@ def closed_book_prompt(question: str) -> str:
 
 
 def messages(system: str, user: str, assistant: str | None = None) -> list[dict[str, str]]:
-    out = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    """Chat messages; the user and assistant turns (documents, questions, quotes) pass :func:`neutralize_special_tokens`."""
+    out = [{"role": "system", "content": system}, {"role": "user", "content": neutralize_special_tokens(user)}]
     if assistant is not None:
-        out.append({"role": "assistant", "content": assistant})
+        out.append({"role": "assistant", "content": neutralize_special_tokens(assistant)})
     return out
 
 

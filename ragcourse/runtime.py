@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 from typing import Any
 
 from .config import CourseConfig, load_config, print_config
-from .env import needs_network, prepare_environment
-
-TESTED_PACKAGES = (
-    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets",
-    "llama-index-core", "ragas", "sentence-transformers", "nbval",
-)
+from .env import needs_network, prepare_environment, versions  # noqa: F401  (versions: runtime.versions() in benchmarks)
 
 
 def seed_everything(seed: int) -> None:
@@ -22,15 +15,22 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, **overrides: Any) -> CourseConfig:
+def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, writes: bool = True,
+          **overrides: Any) -> CourseConfig:
     """Load the config, set the offline/no-telemetry environment, seed, and print what this run uses.
 
     Without a preset (argument, ``$RAGCOURSE_PRESET`` or ``preset:`` in the user YAML) the preset is
-    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory.
+    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory. When the run ``writes`` artifacts,
+    the output folder is probed first (a read-only one fails now, not after the work) and the temporary folders
+    of killed runs are removed.
     """
+    from .artifacts import check_writable, clean_stale_temps
     from .hardware import auto_preset
 
     cfg = load_config(preset, user_config, fallback=auto_preset(), **overrides)
+    if writes:
+        check_writable(cfg.output_dir)
+        clean_stale_temps(cfg.output_dir)
     prepare_environment(offline=not needs_network(cfg.model.name, cfg.embedding.name))
     if cfg.training.torch_threads:
         from .hardware import set_torch_threads
@@ -40,17 +40,6 @@ def start(preset: str | None = None, user_config: str | None = None, quiet: bool
     if not quiet:
         print_config(cfg)
     return cfg
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the course's main libraries (read from metadata, nothing imported)."""
-    out = {"python": platform.python_version()}
-    for name in TESTED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def tested_with() -> str:

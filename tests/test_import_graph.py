@@ -14,10 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ragcourse"
 
 # Lower layers first. A module may import modules of its own layer or below, never above.
 LAYERS: list[set[str]] = [
-    {"course", "config"},
+    {"course", "config", "errors"},
     {"env", "hardware", "prompts", "plots"},
-    {"runtime", "scoring", "realdocs"},
+    {"scoring", "realdocs"},
     {"models", "artifacts"},
+    {"runtime"},            # what the first cell of every notebook runs: config, environment, seed, output folder
     {"retrieval"},          # the index, retrievers, reranker, retrieval metrics (takes chunks, never loads documents)
     {"data"},               # documents (load, chunk) and the dataset (Q&A, RAFT examples, split)
     {"lora", "memory"},
