@@ -680,8 +680,8 @@ def presets_table(presets: Sequence[str] | None = None) -> str:
     from .config import available_presets, load_config
     from .lora import arch_for_model, arch_info
 
-    lines = ["| preset | model | precision | written for | train | merge | evaluation | serving | all notebooks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | model | precision | written for | train | merge | evaluation | judge | serving | all notebooks |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in presets or sorted(available_presets(), key=lambda n: (n != "cpu-smoke", n)):
         cfg = load_config(name)
         plan = phase_plan(cfg)
@@ -694,8 +694,11 @@ def presets_table(presets: Sequence[str] | None = None) -> str:
         written_for = f"{plan.target.gpu.name} GPU + {plan.target.host_gib:g} GiB RAM" if gpu else \
             f"CPU, {plan.target.host_gib:g} GiB RAM"
         cells = []
-        for phase in ("train", "merge", "evaluation", "serving"):
-            p = plan.phase(phase)
+        for phase in ("train", "merge", "evaluation", "judge", "serving"):
+            p = next((p for p in plan.phases if p.phase == phase), None)
+            if p is None:
+                cells.append("–")
+                continue
             cells.append(f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}")
         lines.append(f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
                      f"~{cfg.expected.total_minutes:g} min |")

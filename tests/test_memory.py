@@ -252,3 +252,12 @@ def test_readme_presets_table_is_generated_from_the_plan():
     assert memory.with_presets_table(readme) == readme, "stale: run python scripts/presets_table.py"
     for preset in GPU_PRESETS:
         assert f"| `{preset}` |" in memory.presets_table()
+
+
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_expected_peak_memory_is_the_plans_largest_gpu_phase(preset):
+    import math
+
+    cfg = load_config(preset)
+    plan = memory.phase_plan(cfg)
+    assert cfg.expected.peak_memory_gb == math.ceil(max(p.gpu_bytes for p in plan.phases) / memory.GIB), plan.table()
