@@ -604,7 +604,8 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
       runs on the CPU (the whole model in host RAM), or shard by shard when the host cannot hold it either.
     * **evaluation** (notebook 06): one 16-bit model (base answers with the adapter disabled), the KV cache of a
       generation batch of ``EVAL_GENERATION_BATCH`` × (``max_length`` + ``max_new_tokens``), the retrieval models.
-    * **judge** (notebook 06): a local judge model beside the model under test (``evaluation.judge``).
+    * **judge** (notebook 06): a local judge model (``evaluation.judge``) beside the model under test, or alone when
+      both do not fit (``where`` then says the model under test must be freed before the judge loads).
     * **serving** (notebook 05): the merged model answering one question at a time behind the retriever.
     """
     from .lora import adapted_layers
@@ -660,11 +661,16 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
                             eval_parts, f"one {WEIGHT_LABELS[dtype]} model, adapter on and off; generation batch {batch} x {tokens} tokens"))
     judge_parts, judge_note = _judge_parts(cfg, dtype)
     if judge_parts:
-        judge_total = eval_total - eval_parts["kv_cache"] - eval_parts["activations"] + sum(judge_parts.values())
+        beside = {**eval_parts, "kv_cache": 0, "activations": 0, **judge_parts}
+        where = "GPU" if gpu else "CPU"
+        if gpu and sum(beside.values()) > FITS_FRACTION * target.gpu.memory_gib * GIB:
+            beside = {**judge_parts, "retrieval_models": retrieval, "overhead": overhead}
+            where, judge_note = ("GPU, model under test freed first",
+                                 judge_note.replace("beside the model under test", "after the model under test is freed"))
+        judge_total = sum(beside.values())
         judge_stream = _load_stream_bytes(judge_model(cfg), "bfloat16") if gpu else sum(judge_parts.values())
-        phases.append(PhasePlan("judge", "06", "GPU" if gpu else "CPU", judge_total if gpu else 0,
-                                host_base + judge_stream if gpu else host_base + judge_total,
-                                {**eval_parts, "kv_cache": 0, "activations": 0, **judge_parts}, judge_note))
+        phases.append(PhasePlan("judge", "06", where, judge_total if gpu else 0,
+                                host_base + judge_stream if gpu else host_base + judge_total, beside, judge_note))
     serve_parts = {"weights_16bit": full, "kv_cache": kv_cache_bytes(model, tokens, dtype),
                    "activations": inference_activation_bytes(model, 1, tokens, dtype), "retrieval_models": retrieval,
                    "overhead": overhead}

@@ -226,6 +226,23 @@ def test_the_plan_holds_one_16bit_copy_in_merge_and_evaluation():
     assert kv == 28 * 2 * 4 * 128 * 2 * 1000
 
 
+def test_kv_cache_matches_what_generation_caches(tmp_path):
+    """A tiny random Qwen2 (grouped-query attention): the cache a forward pass returns is what the plan counts."""
+    import torch
+
+    from ragcourse import rehearsal
+
+    torch.set_num_threads(1)
+    folder = rehearsal.tiny_causal_lm("qwen2.5-7b", tmp_path / "tiny")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        cache = model(input_ids=torch.ones(3, 20, dtype=torch.long), use_cache=True).past_key_values
+    cached = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+    assert cached == memory.kv_cache_bytes(str(folder), 3 * 20, "float32")
+
+
 def test_merge_falls_back_to_the_cpu_then_to_shards_when_memory_is_short():
     cfg = load_config("gpu-24gb")
     small_gpu = memory.HardwareTarget(memory.GpuClass("8 GB", 7.6, "a small card"), 64.0, "big host")
@@ -241,8 +258,11 @@ def test_a_local_judge_is_planned_beside_the_model_under_test():
     with_judge = memory.phase_plan(load_config("gpu-24gb", evaluation={"judge": "Qwen/Qwen2.5-7B-Instruct"}))
     judge = with_judge.phase("judge")
     assert judge.parts["judge_weights"] == memory.weights_bytes("qwen2.5-7b", "nf4-dq")  # the preset loads it in 4-bit
-    assert judge.parts["weights_16bit"] > 0  # the model under test is still loaded
-    assert not with_judge.fits()  # a 7B judge beside the 16-bit 7B leaves less than 10% of a 24 GB card
+    # a 4-bit 7B judge beside the 16-bit 7B would leave less than 10% of a 24 GB card: the plan frees the model first
+    assert judge.where == "GPU, model under test freed first" and "weights_16bit" not in judge.parts
+    assert with_judge.fits()
+    small = memory.phase_plan(load_config("gpu-24gb")).phase("judge")  # the preset's 3B judge fits beside it
+    assert small.where == "GPU" and small.parts["weights_16bit"] > 0
     with pytest.raises(ValueError, match="architecture config"):
         memory.phase_plan(load_config("gpu-24gb", evaluation={"judge": "some/unknown-model"}))
 
