@@ -681,13 +681,25 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
     return MemoryPlan(cfg.preset, model, target, phases)
 
 
+def measured_course_peak(preset: str) -> str:
+    """The largest whole-notebook peak measured by ``benchmarks/course_run.py`` for ``preset``, or "not measured yet"."""
+    from .config import project_root
+
+    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
+    if not path.is_file():
+        return "not measured yet"
+    runs = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
+    top = max(runs, key=lambda r: r["peak_rss_tree_gib"])
+    return f"{top['peak_rss_tree_gib']:.1f} GiB RAM (notebook {top['notebook'][:2]})"
+
+
 def presets_table(presets: Sequence[str] | None = None) -> str:
     """README's presets table, generated from each preset's memory plan (``ragcourse readme --check`` keeps it current)."""
     from .config import available_presets, load_config
     from .lora import arch_for_model, arch_info
 
-    lines = ["| preset | model | precision | written for | train | merge | evaluation | judge | serving | all notebooks |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | model | precision | written for | train | merge | evaluation | judge | serving | measured | "
+             "all notebooks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in presets or sorted(available_presets(), key=lambda n: (n != "cpu-smoke", n)):
         cfg = load_config(name)
         plan = phase_plan(cfg)
@@ -707,7 +719,7 @@ def presets_table(presets: Sequence[str] | None = None) -> str:
                 continue
             cells.append(f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}")
         lines.append(f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
-                     f"~{cfg.expected.total_minutes:g} min |")
+                     f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min |")
     return "\n".join(lines)
 
 
