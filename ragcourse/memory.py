@@ -483,6 +483,17 @@ PRESET_TARGETS: dict[str, HardwareTarget] = {
 }
 
 
+def this_machine(hw: Any = None) -> HardwareTarget:
+    """The runtime's own GPU and RAM as a target (``hardware.detect_hardware``), so :func:`phase_plan` can say where
+    this machine merges or judges (notebook 04 and ``merge`` ask it; section 4b)."""
+    if hw is None:
+        from .hardware import detect_hardware
+
+        hw = detect_hardware()
+    gpu = GpuClass(hw.gpu_name or "GPU", hw.gpu_total_gb, "this machine's GPU") if hw.device == "cuda" else None
+    return HardwareTarget(gpu, hw.ram_gb, "this machine")
+
+
 @dataclass
 class PhasePlan:
     """Predicted peak of one phase of the course on its preset's hardware (notebook 02, section 4b)."""

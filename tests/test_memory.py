@@ -281,3 +281,16 @@ def test_expected_peak_memory_is_the_plans_largest_gpu_phase(preset):
     cfg = load_config(preset)
     plan = memory.phase_plan(cfg)
     assert cfg.expected.peak_memory_gb == math.ceil(max(p.gpu_bytes for p in plan.phases) / memory.GIB), plan.table()
+
+
+def test_the_plan_can_be_made_for_this_machine():
+    from ragcourse.hardware import Hardware
+
+    l4 = Hardware("cuda", "NVIDIA L4", (8, 9), True, 22.0, 21.5, 4, 4, 15.0, False)
+    target = memory.this_machine(l4)
+    assert (target.gpu.name, target.gpu.memory_gib, target.host_gib) == ("NVIDIA L4", 22.0, 15.0)
+    assert memory.phase_plan(load_config("gpu-24gb"), target).phase("merge").where == "GPU"
+    t4 = Hardware("cuda", "Tesla T4", (7, 5), False, 15.0, 14.5, 2, 2, 12.7, True)
+    assert memory.phase_plan(load_config("gpu-24gb"), memory.this_machine(t4)).phase("merge").where == "CPU, shard by shard"
+    cpu = memory.this_machine(Hardware("cpu", None, None, False, None, None, 2, 2, 24.0, False))
+    assert cpu.gpu is None and memory.phase_plan(load_config("cpu-smoke"), cpu).fits()
