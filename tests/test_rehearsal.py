@@ -50,3 +50,26 @@ def test_the_tiny_stand_in_loads_as_the_preset_loads_it_and_generates(tmp_path):
     prompt = models.chat_prompt(tokenizer, "What is the exclusion zone radius?", cfg.model.system_prompt)
     answer = models.generate(model, tokenizer, [prompt], max_new_tokens=4)
     assert len(answer) == 1
+
+
+def test_a_rehearsed_preset_trains_two_steps_with_the_nan_guard(tmp_path):
+    """colab-t4's training path (4-bit, gradient checkpointing, its LoRA targets) on the tiny stand-in, through
+    train.make_trainer: the non-finite-loss guard is in the callbacks and switches the Trainer's NaN filter off."""
+    import torch
+    from datasets import Dataset, DatasetDict
+
+    from ragcourse import models, train
+
+    torch.set_num_threads(1)
+    cfg = rehearsal.rehearsal_config("colab-t4", tmp_path, training={"max_steps": 2, "eval_steps": 1, "save_steps": 1,
+                                                                     "logging_steps": 1, "per_device_train_batch_size": 2})
+    rows = [{"prompt": [{"role": "system", "content": cfg.model.system_prompt},
+                        {"role": "user", "content": f"Question {i}: what is the exclusion zone radius?"}],
+             "completion": [{"role": "assistant", "content": f"It is {i} m [1]."}]} for i in range(6)]
+    data = DatasetDict(train=Dataset.from_list(rows), validation=Dataset.from_list(rows[:2]))
+    tokenizer = models.load_tokenizer(cfg)
+    trainer = train.make_trainer(cfg, train.load_model_for_training(cfg), tokenizer, data, tmp_path / "checkpoints")
+    assert any(type(c).__name__ == "_StopOnNonFiniteLoss" for c in trainer.callback_handler.callbacks)
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.args.logging_nan_inf_filter is False
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
