@@ -588,13 +588,15 @@ def judge_model(cfg: Any) -> str | None:
 
 
 def _judge_parts(cfg: Any, dtype: str) -> tuple[dict[str, int], str]:
+    """The judge's weights, KV cache and prefill (nothing when no local judge is loaded), and a note saying which."""
     judge = judge_model(cfg)
     if judge is None:
         return {}, {"preset": "judge: the model under test", "openai": "judge: an OpenAI-compatible server",
                     "none": "no judge"}.get(cfg.evaluation.judge, "")
+    from .env import needs_network
     from .lora import arch_for_model
 
-    if arch_for_model(judge) is None:
+    if arch_for_model(judge) is None and needs_network(judge):  # a local folder is sized from its config.json
         raise ValueError(f"evaluation.judge {judge!r} has no architecture config in ragcourse/archs: add one, so the "
                          f"memory plan can size it.")
     q = cfg.quantization

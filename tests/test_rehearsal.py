@@ -73,3 +73,10 @@ def test_a_rehearsed_preset_trains_two_steps_with_the_nan_guard(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2 and trainer.args.logging_nan_inf_filter is False
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_the_memory_plan_sizes_a_rehearsal(tmp_path):
+    from ragcourse import memory
+
+    plan = memory.phase_plan(rehearsal.rehearsal_config("gpu-24gb", tmp_path))
+    assert plan.fits() and plan.phase("judge").parts["judge_weights"] > 0
