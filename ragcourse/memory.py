@@ -620,6 +620,10 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
     * **judge** (notebook 06): a local judge model (``evaluation.judge``) beside the model under test, or alone when
       both do not fit (``where`` then says the model under test must be freed before the judge loads).
     * **serving** (notebook 05): the merged model answering one question at a time behind the retriever.
+
+    Host figures rest on ``HOST_GPU_PROCESS_BYTES`` for a CUDA process with the libraries imported: an allowance,
+    not a measurement (no GPU on the development machine); the GPU terms follow :func:`estimate` and the KV cache is
+    checked against a real cache in ``tests/test_memory.py``.
     """
     from .lora import adapted_layers
 
