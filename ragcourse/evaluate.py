@@ -166,6 +166,22 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
     return LangchainLLMWrapper(LocalChat(llm=HuggingFacePipeline(pipeline=pipe)))
 
 
+def judge_is_model_under_test(cfg: CourseConfig) -> bool:
+    """True when the RAGAS judge is the model being evaluated (``evaluation.judge: preset``, or its own id; notebook 06)."""
+    judge = cfg.evaluation.judge
+    return judge == "preset" or judge == cfg.model.name
+
+
+def judge_notice(cfg: CourseConfig) -> str | None:
+    """The sentence a report opens with when the judge grades its own answers (notebook 06), else None."""
+    if cfg.evaluation.judge == "none" or not judge_is_model_under_test(cfg):
+        return None
+    return (f"**The LLM judge is the model under test** (`evaluation.judge: {cfg.evaluation.judge}`): it grades its own "
+            f"answers, and models favour their own wording, so read its scores as a self-assessment. For an "
+            f"independent judge set `evaluation.judge` to another local model (the GPU presets use Qwen2.5-3B/7B-Instruct) "
+            f"or to `openai` with OPENAI_BASE_URL and OPENAI_API_KEY.")
+
+
 def llm_judged_scores(rows: Sequence[Mapping[str, Any]], llm: Any, cfg: CourseConfig, embeddings: Any = None) -> JudgeResult:
     """Faithfulness, response relevancy and LLM context precision/recall, with parse failures counted per metric."""
     import time
@@ -281,7 +297,8 @@ def write_report(folder: Path, table: Any, refusals: Any, comparisons: Sequence[
             "paired": [c.__dict__ | {"beyond_noise": c.beyond_noise} for c in comparisons],
             "judge_parse_failures": judge.parse_failures if judge else None,
             "judge_samples": judge.samples if judge else 0}, indent=2))
-        lines = [f"# Evaluation report — preset `{cfg.preset}`", "",
+        notice = judge_notice(cfg) if judge is not None else None
+        lines = [f"# Evaluation report — preset `{cfg.preset}`", "", *([notice, ""] if notice else []),
                  f"{per_question.id.nunique()} test questions (split by document: no test passage was trained on), "
                  f"{len(per_question.condition.unique())} conditions. Means with {cfg.evaluation.confidence:.0%} bootstrap intervals.", ""]
         pivot = table.assign(cell=[f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in zip(table["mean"], table.low, table.high)])

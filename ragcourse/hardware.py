@@ -35,6 +35,17 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules  # Colab imports it at kernel start
 
 
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere (A100, A10G, RTX 30xx) and newer; a T4 is 7.5, a V100 7.0
+
+
+def native_bf16(capability: tuple[int, int] | None) -> bool:
+    """bf16 in hardware: compute capability 8.0 or newer (notebook 00, "Check the runtime").
+
+    Not ``torch.cuda.is_bf16_supported()``: it returns True on a T4 too, where bf16 is emulated and slow.
+    """
+    return capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY
+
+
 def detect_hardware() -> Hardware:
     """Look at CUDA, compute capability, bf16 support, free memory and CPU threads."""
     import psutil
@@ -44,11 +55,12 @@ def detect_hardware() -> Hardware:
     ram_gb = psutil.virtual_memory().total / 2**30
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
+        capability = tuple(torch.cuda.get_device_capability(0))
         return Hardware(
             device="cuda",
             gpu_name=torch.cuda.get_device_name(0),
-            compute_capability=torch.cuda.get_device_capability(0),
-            bf16=torch.cuda.is_bf16_supported(),
+            compute_capability=capability,
+            bf16=native_bf16(capability),
             gpu_total_gb=total / 2**30,
             gpu_free_gb=free / 2**30,
             cpu_cores=cores,
@@ -61,7 +73,8 @@ def detect_hardware() -> Hardware:
 
 
 def compute_dtype_name(hw: Hardware, requested: str = "auto") -> str:
-    """bf16 where the GPU has it, fp16 on older GPUs (T4), fp32 on CPU; an explicit choice wins."""
+    """bf16 where the GPU has it natively (compute capability 8.0+), fp16 on older GPUs (T4), fp32 on CPU;
+    an explicit choice wins."""
     if requested != "auto":
         return requested
     if hw.device == "cuda":

@@ -454,6 +454,305 @@ def estimate_table(specs: dict[str, MemorySpec], gpus: Sequence[GpuClass] = GPU_
     return pd.DataFrame(rows).set_index("setup")
 
 
+# -- every phase: the memory plan ----------------------------------------------------------------
+
+HOST_GPU_PROCESS_BYTES = int(3.0 * GIB)  # a Jupyter kernel with torch (CUDA initialised), transformers, peft imported
+CHECKPOINT_SHARD_BYTES = 5 * 10**9  # hub checkpoints come in shards of at most 5 GB (Qwen2.5: ~4 GB; Llama 3.1: 5 GB)
+MERGED_MAX_SHARD_SIZE = "2GB"  # save_pretrained(max_shard_size=...) for the merged model: transformers' default is 50GB
+EVAL_GENERATION_BATCH = 8  # models.generate's default batch: evaluation answers 8 questions at a time
+JUDGE_PROMPT_EXTRA_TOKENS = 1024  # a RAGAS judge prompt: instructions and few-shot examples around the sample
+JUDGE_MAX_NEW_TOKENS = 256  # evaluate.judge_llm's pipeline
+CHECK_PROMPTS, CHECK_TOKENS = 4, 128  # merge's logit check: a few prompts, their logits kept
+RETRIEVAL_MODEL_PARAMS = 22_713_216  # all-MiniLM-L6-v2 (and the MiniLM-L6 cross-encoder: the same shapes), fp32
+
+
+@dataclass(frozen=True)
+class HardwareTarget:
+    """What a preset is written for (notebook 02, section 4b): a GPU class and the host RAM beside it."""
+
+    gpu: GpuClass | None  # None: a CPU-only preset
+    host_gib: float
+    host_note: str
+
+
+PRESET_TARGETS: dict[str, HardwareTarget] = {
+    "cpu-smoke": HardwareTarget(None, 8.0, "a laptop with 8 GiB"),
+    "colab-t4": HardwareTarget(GPU_CLASSES[0], 12.7, "Colab's free tier: 12.7 GiB RAM"),
+    "gpu-24gb": HardwareTarget(GPU_CLASSES[1], 16.0, "the smallest L4/A10G cloud machines (g6.xlarge, g5.xlarge): 16 GiB"),
+    "gpu-80gb": HardwareTarget(GPU_CLASSES[3], 64.0, "a single-GPU A100/H100 80GB machine: 64 GiB or more"),
+}
+
+
+def this_machine(hw: Any = None) -> HardwareTarget:
+    """The runtime's own GPU and RAM as a target (``hardware.detect_hardware``), so :func:`phase_plan` can say where
+    this machine merges or judges (notebook 04 and ``merge`` ask it; section 4b)."""
+    if hw is None:
+        from .hardware import detect_hardware
+
+        hw = detect_hardware()
+    gpu = GpuClass(hw.gpu_name or "GPU", hw.gpu_total_gb, "this machine's GPU") if hw.device == "cuda" else None
+    return HardwareTarget(gpu, hw.ram_gb, "this machine")
+
+
+@dataclass
+class PhasePlan:
+    """Predicted peak of one phase of the course on its preset's hardware (notebook 02, section 4b)."""
+
+    phase: str
+    notebook: str
+    where: str  # "GPU", "CPU", "GPU, model under test freed first", ...
+    gpu_bytes: int
+    host_bytes: int
+    parts: dict[str, int]
+    note: str = ""
+
+
+@dataclass
+class MemoryPlan:
+    """Every phase of one preset against its :class:`HardwareTarget` (notebook 02, section 4b)."""
+
+    preset: str
+    model: str
+    target: HardwareTarget
+    phases: list[PhasePlan]
+
+    def phase(self, name: str) -> PhasePlan:
+        return next(p for p in self.phases if p.phase == name)
+
+    def spare(self, phase: PhasePlan) -> dict[str, float | None]:
+        """Fraction of the GPU and of the host RAM left at the phase's peak (None: no GPU in this preset)."""
+        gpu = None if self.target.gpu is None else 1 - phase.gpu_bytes / (self.target.gpu.memory_gib * GIB)
+        return {"gpu": gpu, "host": 1 - phase.host_bytes / (self.target.host_gib * GIB)}
+
+    def fits(self, margin: float = 1 - FITS_FRACTION) -> bool:
+        """Every phase leaves at least ``margin`` (10%) of the GPU and of the host RAM."""
+        return all(v is None or v >= margin for p in self.phases for v in self.spare(p).values())
+
+    def table(self) -> Any:
+        """One row per phase: where it runs, GPU and host GiB, spare room, and why (pandas)."""
+        import pandas as pd
+
+        rows = []
+        for p in self.phases:
+            spare = self.spare(p)
+            rows.append({"phase": p.phase, "notebook": p.notebook, "where": p.where,
+                         "GPU GiB": None if self.target.gpu is None else round(p.gpu_bytes / GIB, 1),
+                         "GPU spare %": None if spare["gpu"] is None else round(100 * spare["gpu"]),
+                         "host GiB": round(p.host_bytes / GIB, 1), "host spare %": round(100 * spare["host"]),
+                         "note": p.note})
+        return pd.DataFrame(rows).set_index("phase")
+
+
+def kv_cache_bytes(model: str, tokens: int, dtype: str = "bfloat16") -> int:
+    """Keys and values of ``tokens`` cached positions (all sequences of a batch together; section 4b)."""
+    s = arch_shapes(model)
+    return 2 * s.layers * s.kv_heads * s.head_dim * _DTYPE_BYTES[dtype] * tokens
+
+
+def inference_activation_bytes(model: str, batch: int, seq_len: int, dtype: str = "bfloat16") -> int:
+    """Transient tensors of a no-grad prefill over ``batch`` × ``seq_len`` tokens (section 4b): the residual stream and
+    a layer's normed input, the larger of the MLP (gate, up, their product) and attention (q, k, v, output), the padding
+    mask, and the last position's logits in fp32 (``generate`` computes no others)."""
+    s = arch_shapes(model)
+    e = _DTYPE_BYTES[dtype]
+    tokens = batch * seq_len
+    attention = (2 * s.heads + 2 * s.kv_heads) * s.head_dim
+    return tokens * (2 * s.hidden + max(3 * s.intermediate, attention)) * e + batch * seq_len**2 + 2 * batch * s.vocab * 4
+
+
+def weights_bytes(model: str, weights: str, compute_dtype: str = "bfloat16") -> int:
+    """Bytes of a model's weights in ``weights`` format, quantization constants included (section 4b)."""
+    w, constants = _weight_bytes(arch_shapes(model), MemorySpec(model=model, weights=weights, compute_dtype=compute_dtype))
+    return w + constants
+
+
+def _compute_dtype(cfg: Any) -> str:
+    return cfg.model.torch_dtype if cfg.model.torch_dtype != "auto" else "bfloat16"
+
+
+def _load_stream_bytes(model: str, dtype: str) -> int:
+    """Host memory a 16-bit checkpoint passes through on its way to the GPU: one mapped shard, one converted tensor."""
+    s = arch_shapes(model)
+    full = s.total_params * _DTYPE_BYTES[dtype]
+    return min(full, CHECKPOINT_SHARD_BYTES) + s.largest_layer_bytes // 2
+
+
+def _merged_shard_bytes() -> int:
+    return int(MERGED_MAX_SHARD_SIZE.removesuffix("GB")) * 10**9
+
+
+def judge_model(cfg: Any) -> str | None:
+    """The local model that judges, or None (no judge, the model under test itself, or an OpenAI-compatible server)."""
+    judge = cfg.evaluation.judge
+    return None if judge in {"none", "preset", "openai"} else judge
+
+
+def _judge_parts(cfg: Any, dtype: str) -> tuple[dict[str, int], str]:
+    """The judge's weights, KV cache and prefill (nothing when no local judge is loaded), and a note saying which."""
+    judge = judge_model(cfg)
+    if judge is None:
+        return {}, {"preset": "judge: the model under test", "openai": "judge: an OpenAI-compatible server",
+                    "none": "no judge"}.get(cfg.evaluation.judge, "")
+    from .env import needs_network
+    from .lora import arch_for_model
+
+    if arch_for_model(judge) is None and needs_network(judge):  # a local folder is sized from its config.json
+        raise ValueError(f"evaluation.judge {judge!r} has no architecture config in ragcourse/archs: add one, so the "
+                         f"memory plan can size it.")
+    q = cfg.quantization
+    fmt = ("nf4-dq" if q.bnb_4bit_use_double_quant else "nf4") if q.load_in_4bit else dtype
+    tokens = cfg.model.max_length + JUDGE_PROMPT_EXTRA_TOKENS + JUDGE_MAX_NEW_TOKENS
+    parts = {"judge_weights": weights_bytes(judge, fmt, dtype), "judge_kv_cache": kv_cache_bytes(judge, tokens, dtype),
+             "judge_activations": inference_activation_bytes(judge, 1, tokens, dtype)}
+    return parts, f"judge: {judge} ({WEIGHT_LABELS[fmt]}), beside the model under test"
+
+
+def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
+    """Predicted GPU and host peak of every phase of the course for a preset (notebook 02, section 4b).
+
+    * **train** (notebook 03): :func:`estimate` on the GPU; the host streams the 16-bit checkpoint into 4-bit.
+    * **merge** (notebook 04): the 16-bit base and the adapter, merged in place (one copy of the weights), the
+      largest layer's update in fp32, a few prompts' logits for the check; saved in ``MERGED_MAX_SHARD_SIZE``
+      shards, each copied to the host while it is written. When the GPU cannot hold the 16-bit model, the merge
+      runs on the CPU (the whole model in host RAM), or shard by shard when the host cannot hold it either.
+    * **evaluation** (notebook 06): one 16-bit model (base answers with the adapter disabled), the KV cache of a
+      generation batch of ``EVAL_GENERATION_BATCH`` × (``max_length`` + ``max_new_tokens``), the retrieval models.
+    * **judge** (notebook 06): a local judge model (``evaluation.judge``) beside the model under test, or alone when
+      both do not fit (``where`` then says the model under test must be freed before the judge loads).
+    * **serving** (notebook 05): the merged model answering one question at a time behind the retriever.
+
+    Host figures rest on ``HOST_GPU_PROCESS_BYTES`` for a CUDA process with the libraries imported: an allowance,
+    not a measurement (no GPU on the development machine); the GPU terms follow :func:`estimate` and the KV cache is
+    checked against a real cache in ``tests/test_memory.py``.
+    """
+    from .lora import adapted_layers
+
+    target = target or PRESET_TARGETS.get(cfg.preset) or HardwareTarget(GPU_CLASSES[1], 16.0, "assumed")
+    gpu = target.gpu is not None
+    model = cfg.model.name
+    shapes = arch_shapes(model)
+    dtype = _compute_dtype(cfg) if gpu else "float32"
+    overhead = CUDA_OVERHEAD_BYTES if gpu else 0
+    host_base = HOST_GPU_PROCESS_BYTES if gpu else CPU_OVERHEAD_BYTES
+    full = weights_bytes(model, dtype, dtype)
+    stream = _load_stream_bytes(model, "bfloat16") if gpu else full
+    adapter = sum(cfg.lora.r * (l.in_features + l.out_features)
+                  for l in adapted_layers(model, cfg.lora.target_modules)) * 4  # fp32 adapters (peft's default)
+    retrieval = 2 * RETRIEVAL_MODEL_PARAMS * 4
+    largest_update = 2 * max(i * o for _, i, o in shapes.quantizable) * 4
+    phases = []
+
+    # train
+    train = estimate(spec_from_config(cfg, device="cuda" if gpu else "cpu"))
+    train_parts = {k: getattr(train, k) for k in MemoryEstimate.COMPONENTS}
+    phases.append(PhasePlan("train", "03", "GPU" if gpu else "CPU", train.total if gpu else 0,
+                            host_base + stream if gpu else train.total, train_parts,
+                            "the 16-bit checkpoint streams through host RAM shard by shard"
+                            + (", quantized to 4-bit on the GPU" if cfg.quantization.load_in_4bit else "") if gpu else ""))
+
+    # merge
+    check = CHECK_PROMPTS * CHECK_TOKENS * shapes.vocab * 4 * 2  # the adapter model's logits, then the merged one's
+    merge_parts = {"weights_16bit": full, "adapter": adapter, "largest_update_fp32": largest_update,
+                   "check_logits": check, "overhead": overhead}
+    merge_gpu = sum(merge_parts.values())
+    save = min(full, _merged_shard_bytes())
+    if gpu and merge_gpu <= FITS_FRACTION * target.gpu.memory_gib * GIB:
+        phases.append(PhasePlan("merge", "04", "GPU", merge_gpu, host_base + max(stream, save), merge_parts,
+                                f"merged in place; saved in {MERGED_MAX_SHARD_SIZE} shards"))
+    else:
+        host = host_base + full + adapter + largest_update + check
+        where, note = ("CPU", "the GPU cannot hold the 16-bit model: merged on the CPU") if gpu else ("CPU", "merged in place")
+        if host > FITS_FRACTION * target.host_gib * GIB:
+            host = host_base + min(full, CHECKPOINT_SHARD_BYTES) + adapter + largest_update + save
+            where, note = "CPU, shard by shard", "neither the GPU nor the host holds the 16-bit model: merged one shard at a time"
+        phases.append(PhasePlan("merge", "04", where, overhead if gpu else 0, host, merge_parts, note))
+
+    # evaluation and serving
+    batch, tokens = EVAL_GENERATION_BATCH, cfg.model.max_length + cfg.model.max_new_tokens
+    eval_parts = {"weights_16bit": full, "adapter": adapter, "kv_cache": kv_cache_bytes(model, batch * tokens, dtype),
+                  "activations": inference_activation_bytes(model, batch, tokens, dtype), "retrieval_models": retrieval,
+                  "overhead": overhead}
+    eval_total = sum(eval_parts.values())
+    phases.append(PhasePlan("evaluation", "06", "GPU" if gpu else "CPU", eval_total if gpu else 0,
+                            host_base + stream if gpu else host_base + eval_total,
+                            eval_parts, f"one {WEIGHT_LABELS[dtype]} model, adapter on and off; generation batch {batch} x {tokens} tokens"))
+    judge_parts, judge_note = _judge_parts(cfg, dtype)
+    if judge_parts:
+        beside = {**eval_parts, "kv_cache": 0, "activations": 0, **judge_parts}
+        where = "GPU" if gpu else "CPU"
+        if gpu and sum(beside.values()) > FITS_FRACTION * target.gpu.memory_gib * GIB:
+            beside = {**judge_parts, "retrieval_models": retrieval, "overhead": overhead}
+            where, judge_note = ("GPU, model under test freed first",
+                                 judge_note.replace("beside the model under test", "after the model under test is freed"))
+        judge_total = sum(beside.values())
+        judge_stream = _load_stream_bytes(judge_model(cfg), "bfloat16") if gpu else sum(judge_parts.values())
+        phases.append(PhasePlan("judge", "06", where, judge_total if gpu else 0,
+                                host_base + judge_stream if gpu else host_base + judge_total, beside, judge_note))
+    serve_parts = {"weights_16bit": full, "kv_cache": kv_cache_bytes(model, tokens, dtype),
+                   "activations": inference_activation_bytes(model, 1, tokens, dtype), "retrieval_models": retrieval,
+                   "overhead": overhead}
+    serve_total = sum(serve_parts.values())
+    phases.append(PhasePlan("serving", "05", "GPU" if gpu else "CPU", serve_total if gpu else 0,
+                            host_base + stream if gpu else host_base + serve_total, serve_parts,
+                            f"the merged model, one question of up to {tokens} tokens at a time"))
+    return MemoryPlan(cfg.preset, model, target, phases)
+
+
+def measured_course_peak(preset: str) -> str:
+    """The largest whole-notebook peak measured by ``benchmarks/course_run.py`` for ``preset``, or "not measured yet"."""
+    from .config import project_root
+
+    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
+    if not path.is_file():
+        return "not measured yet"
+    runs = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
+    top = max(runs, key=lambda r: r["peak_rss_tree_gib"])
+    return f"{top['peak_rss_tree_gib']:.1f} GiB RAM (notebook {top['notebook'][:2]})"
+
+
+def presets_table(presets: Sequence[str] | None = None) -> str:
+    """README's presets table, generated from each preset's memory plan (``ragcourse readme --check`` keeps it current)."""
+    from .config import available_presets, load_config
+    from .lora import arch_for_model, arch_info
+
+    lines = ["| preset | model | precision | written for | train | merge | evaluation | judge | serving | measured | "
+             "all notebooks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in presets or sorted(available_presets(), key=lambda n: (n != "cpu-smoke", n)):
+        cfg = load_config(name)
+        plan = phase_plan(cfg)
+        arch = arch_for_model(cfg.model.name)
+        model = (f"{arch_info(arch)['name']}-Instruct (embedded)" if cfg.model.name.startswith("embedded:") and arch
+                 else cfg.model.name.split("/")[-1])
+        gpu = plan.target.gpu is not None
+        dtype = (_compute_dtype(cfg) if gpu else "float32").replace("bfloat", "bf").replace("float", "fp")
+        precision = f"4-bit NF4, {dtype} compute" if cfg.quantization.load_in_4bit else f"{dtype} LoRA"
+        written_for = f"{plan.target.gpu.name} GPU + {plan.target.host_gib:g} GiB RAM" if gpu else \
+            f"CPU, {plan.target.host_gib:g} GiB RAM"
+        cells = []
+        for phase in ("train", "merge", "evaluation", "judge", "serving"):
+            p = next((p for p in plan.phases if p.phase == phase), None)
+            if p is None:
+                cells.append("–")
+                continue
+            cells.append(f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}")
+        lines.append(f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
+                     f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min |")
+    return "\n".join(lines)
+
+
+PRESETS_TABLE_MARKERS = ("<!-- presets-table -->", "<!-- /presets-table -->")
+
+
+def with_presets_table(readme: str) -> str:
+    """``readme`` with the text between :data:`PRESETS_TABLE_MARKERS` replaced by :func:`presets_table` (section 4b)."""
+    start, end = PRESETS_TABLE_MARKERS
+    if start not in readme or end not in readme:
+        raise ValueError(f"README.md lacks the markers {start} ... {end} around the presets table.")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{presets_table()}\n{end}{tail}"
+
+
 # -- published figures ----------------------------------------------------------------------------
 
 

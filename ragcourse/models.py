@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -241,3 +242,44 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+DEGENERATE_CHAR_REPEATS = 6  # "!!!!!!"; rules and ellipses ("----", "...") are not counted
+DEGENERATE_WORD_REPEATS = 3  # "the the the", "of the City of the City of the City"
+_REPEATED_CHAR = re.compile(r"([^\w\s.\-=_*#~|])\1{%d,}" % (DEGENERATE_CHAR_REPEATS - 1))
+
+
+def degenerate_reason(text: str) -> str | None:
+    """Why a generated answer looks degenerate, or None (notebook 00, "The untuned model"; notebook 03, "Before/after").
+
+    Flags an empty answer, one punctuation character repeated ``DEGENERATE_CHAR_REPEATS`` times ("!!!!!!": what fp16
+    overflow in Qwen2.5 produces), and a word or a phrase of up to four words repeated ``DEGENERATE_WORD_REPEATS``
+    times back to back ("the the the", "the City of the City of the City of"): a greedy decoder stuck in a loop.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "empty answer"
+    char = _REPEATED_CHAR.search(stripped)
+    if char:
+        return f"one character repeated: {char.group(0)[:20]!r}"
+    words = re.findall(r"\w+", stripped.lower())
+    for width in range(1, 5):
+        for i in range(len(words) - width):
+            run = _repeats_at(words, i, width)
+            if run >= DEGENERATE_WORD_REPEATS:
+                what = "one word" if width == 1 else f"a {width}-word phrase"
+                return f"{what} repeated {run} times: {' '.join(words[i:i + width])!r}"
+    return None
+
+
+def _repeats_at(words: list[str], start: int, width: int) -> int:
+    """How many times ``words[start:start + width]`` repeats back to back from ``start``."""
+    unit, run, i = words[start:start + width], 1, start + width
+    while words[i:i + width] == unit:
+        run, i = run + 1, i + width
+    return run
+
+
+def is_degenerate(text: str) -> bool:
+    """True when :func:`degenerate_reason` finds a repetition or nothing at all (notebooks 00 and 03 assert it)."""
+    return degenerate_reason(text) is not None

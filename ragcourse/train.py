@@ -237,6 +237,56 @@ def loss_curve_callback(path: str | Path | None = None, live: bool = True) -> An
     return _LossCurve(path, live)
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a NaN or infinite loss; the message names the likely cause and the fix (notebook 03)."""
+
+
+def non_finite_loss_message(which: str, value: float, step: int, fp16: bool) -> str:
+    """What a NaN/inf ``which`` ("training" or "validation") loss at ``step`` most likely means, and what to change."""
+    head = f"The {which} loss is {value} at step {step}: training stopped, nothing after this point would learn."
+    if fp16:
+        return (f"{head} Cause: fp16 compute overflowed. fp16's largest value is 65,504, and models trained in bf16 "
+                f"(Qwen2.5 among them) produce activations beyond it: NaN logits, then '!!!!' answers. Fix: compute in "
+                f"fp32 (model.torch_dtype: float32 and quantization.bnb_4bit_compute_dtype: float32; slower, more "
+                f"memory), or train on a GPU with native bf16 (compute capability 8.0 or newer: A10G, L4, A100, "
+                f"RTX 30xx/40xx), where `auto` picks bf16.")
+    return (f"{head} Cause: the updates diverged (a learning rate too high for this batch) or an example carries no "
+            f"answer tokens. Fix: lower training.learning_rate (or add warmup_steps), and check the dataset's "
+            f"completions in notebook 01.")
+
+
+def stop_on_non_finite_loss() -> Any:
+    """A TrainerCallback that stops the run on a NaN or infinite training or validation loss (notebook 03).
+
+    The Trainer would carry on: fp16's loss scaler skips the steps whose gradients overflow, and by default
+    (``logging_nan_inf_filter``) it logs the average of the finite losses in place of a NaN one, so the log shows
+    ``loss 0`` or an old value while the adapter stops learning. The callback switches that filter off when training
+    begins and raises :class:`NonFiniteLossError` at the first non-finite logged loss.
+    """
+    import math
+
+    from transformers import TrainerCallback
+
+    class _StopOnNonFiniteLoss(TrainerCallback):
+        def _check(self, args: Any, state: Any, values: dict[str, Any] | None) -> None:
+            for key, which in (("loss", "training"), ("eval_loss", "validation")):
+                value = (values or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    raise NonFiniteLossError(non_finite_loss_message(which, float(value), state.global_step,
+                                                                     bool(getattr(args, "fp16", False))))
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            args.logging_nan_inf_filter = False  # the Trainer reads it at every step: a NaN is logged as NaN
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._check(args, state, logs)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            self._check(args, state, metrics)
+
+    return _StopOnNonFiniteLoss()
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -290,7 +340,8 @@ def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "Datase
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience), *(callbacks or [])],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience),
+                   stop_on_non_finite_loss(), *(callbacks or [])],
     )
     if not args.bf16:
         # TRL casts the adapters of a quantized model to bf16 (the QLoRA paper's bf16 setting). With fp32 compute (CPU)

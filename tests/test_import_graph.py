@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},            # what the first cell of every notebook runs: config, environment, seed, output folder
     {"retrieval"},          # the index, retrievers, reranker, retrieval metrics (takes chunks, never loads documents)
     {"data"},               # documents (load, chunk) and the dataset (Q&A, RAFT examples, split)
-    {"lora", "memory"},
+    {"lora", "memory", "recipe", "rehearsal"},   # LoRA sizing, memory plan, recipe checks, CPU stand-ins of GPU presets
     {"train"},
     {"merge"},
     {"rag"},                # serving: our model behind LlamaIndex

@@ -87,3 +87,37 @@ def test_load_generate_and_4bit(cfg):
     linear4 = [m for m in q.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert linear4 and all(m.support_avx512bf16_for_cpu is False for m in linear4)
     assert q.get_memory_footprint() < model.get_memory_footprint() / 2
+
+
+def test_a_t4_gets_fp16_although_torch_calls_its_emulated_bf16_supported(monkeypatch):
+    import torch
+
+    from ragcourse.hardware import native_bf16
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (14 * 2**30, 15 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers (emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    t4 = detect_hardware()
+    assert (t4.device, t4.compute_capability, t4.bf16) == ("cuda", (7, 5), False)
+    assert compute_dtype_name(t4, "auto") == "float16"
+    assert auto_preset(t4) == "colab-t4"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))  # an A10G / RTX 3090
+    assert compute_dtype_name(detect_hardware(), "auto") == "bfloat16"
+    assert [native_bf16(c) for c in ((7, 0), (7, 5), (8, 0), (9, 0), None)] == [False, False, True, True, False]
+
+
+@pytest.mark.parametrize("text", ["!!!!!!!!!!!!", "The answer is the the the pressure switch.",
+                                  "The City of the City of the City of the City of", "   ", "E214 E214 E214 E214"])
+def test_degenerate_generations_are_flagged(text):
+    assert models.is_degenerate(text), text
+    assert models.degenerate_reason(text)
+
+
+@pytest.mark.parametrize("text", [
+    "The exclusion zone radius is 3 m [2].", "Wait... the documents do not say. [1]",
+    "Steps: 1. isolate 2. vent 3. test -- see VT-20417 (P33 = 45).", "| a | b |\n|---|---|\n| 1 | 2 |",
+    "It is that that matters: the bump test interval is 7 days."])
+def test_ordinary_answers_are_not_flagged(text):
+    assert models.degenerate_reason(text) is None, text

@@ -149,3 +149,39 @@ def test_two_cpu_processes_train_one_adapter(tmp_path):
     assert not list((root / "cpu-smoke").glob(".adapter.tmp-*"))
     state = json.loads((adapter / "log_history.json").read_text())
     assert any("loss" in h for h in state)
+
+
+def test_a_nan_training_loss_stops_the_run_with_cause_and_fix():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    callback = train.stop_on_non_finite_loss()
+    state, control = SimpleNamespace(global_step=12), TrainerControl()
+    callback.on_log(SimpleNamespace(fp16=True), state, control, logs={"loss": 1.25})  # finite: nothing happens
+    with pytest.raises(train.NonFiniteLossError, match=r"(?s)training loss is nan at step 12.*fp16.*fp32.*bf16"):
+        callback.on_log(SimpleNamespace(fp16=True), state, control, logs={"loss": float("nan")})
+    with pytest.raises(train.NonFiniteLossError, match=r"(?s)validation loss is inf.*learning_rate"):
+        callback.on_evaluate(SimpleNamespace(fp16=False), state, control, metrics={"eval_loss": float("inf")})
+
+
+def test_a_real_trainer_stops_at_the_first_nan_loss(tmp_path):
+    """A tiny random Llama whose output head holds a NaN: the Trainer raises at the first logged step."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 8
+    data = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4, logging_steps=1,
+                             use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[train.stop_on_non_finite_loss()])
+    with pytest.raises(train.NonFiniteLossError, match="training loss is nan at step 1"):
+        trainer.train()
+    assert trainer.state.global_step == 1

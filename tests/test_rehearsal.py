@@ -1,0 +1,82 @@
+"""ragcourse.rehearsal: a GPU preset with only what cannot run on a CPU swapped (the lead's CPU rehearsal builds on it)."""
+
+import pytest
+
+from ragcourse import evaluate, lora, rehearsal
+from ragcourse.config import load_config
+
+GPU_PRESETS = ("colab-t4", "gpu-24gb", "gpu-80gb")
+SWAPPABLE = {"model.name", "model.torch_dtype", "quantization.bnb_4bit_compute_dtype", "training.optim", "embedding.name",
+             "rag.rerank_model", "evaluation.judge", "paths.output_root"}
+
+
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_rehearsal_swaps_only_what_a_cpu_cannot_run(preset, tmp_path):
+    from transformers import AutoConfig
+
+    cfg = rehearsal.rehearsal_config(preset, tmp_path)
+    swaps = rehearsal.rehearsal_swaps(preset, cfg)
+    assert set(swaps) <= SWAPPABLE and {"model.name", "rag.rerank_model", "evaluation.judge"} <= set(swaps), swaps
+    original = load_config(preset)
+    assert cfg.data == original.data and cfg.lora == original.lora and cfg.model.max_length == original.model.max_length
+    assert cfg.quantization.load_in_4bit == original.quantization.load_in_4bit and cfg.rag.rerank
+    assert cfg.training.gradient_checkpointing == original.training.gradient_checkpointing
+    assert cfg.model.torch_dtype in {"float32", "auto"} and cfg.quantization.bnb_4bit_compute_dtype in {"float32", "auto"}
+    assert not evaluate.judge_is_model_under_test(cfg) and cfg.evaluation.judge != cfg.model.name
+    published, tiny = lora.arch_config(original.model.name), AutoConfig.from_pretrained(cfg.model.name)
+    assert tiny.model_type == published.model_type and tiny.tie_word_embeddings == published.tie_word_embeddings
+    assert (tiny.num_key_value_heads < tiny.num_attention_heads) == (published.num_key_value_heads < published.num_attention_heads)
+    assert tiny.num_hidden_layers == rehearsal.TINY_SHAPES["num_hidden_layers"]
+
+
+def test_overrides_go_on_top(tmp_path):
+    cfg = rehearsal.rehearsal_config("gpu-24gb", tmp_path, training={"max_steps": 2}, evaluation={"judge_samples": 1})
+    assert cfg.training.max_steps == 2 and cfg.evaluation.judge_samples == 1
+    assert cfg.training.eval_steps == load_config("gpu-24gb").training.eval_steps
+
+
+def test_the_tiny_stand_in_loads_as_the_preset_loads_it_and_generates(tmp_path):
+    import torch
+
+    from ragcourse import models
+    from ragcourse.hardware import detect_hardware
+
+    torch.set_num_threads(1)
+    cfg = rehearsal.rehearsal_config("colab-t4", tmp_path)
+    hw = detect_hardware()
+    model = models.load_causal_lm(cfg, hw=hw)  # 4-bit NF4 as the preset loads it, fp32 compute on the CPU
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    tokenizer = models.load_tokenizer(cfg)
+    prompt = models.chat_prompt(tokenizer, "What is the exclusion zone radius?", cfg.model.system_prompt)
+    answer = models.generate(model, tokenizer, [prompt], max_new_tokens=4)
+    assert len(answer) == 1
+
+
+def test_a_rehearsed_preset_trains_two_steps_with_the_nan_guard(tmp_path):
+    """colab-t4's training path (4-bit, gradient checkpointing, its LoRA targets) on the tiny stand-in, through
+    train.make_trainer: the non-finite-loss guard is in the callbacks and switches the Trainer's NaN filter off."""
+    import torch
+    from datasets import Dataset, DatasetDict
+
+    from ragcourse import models, train
+
+    torch.set_num_threads(1)
+    cfg = rehearsal.rehearsal_config("colab-t4", tmp_path, training={"max_steps": 2, "eval_steps": 1, "save_steps": 1,
+                                                                     "logging_steps": 1, "per_device_train_batch_size": 2})
+    rows = [{"prompt": [{"role": "system", "content": cfg.model.system_prompt},
+                        {"role": "user", "content": f"Question {i}: what is the exclusion zone radius?"}],
+             "completion": [{"role": "assistant", "content": f"It is {i} m [1]."}]} for i in range(6)]
+    data = DatasetDict(train=Dataset.from_list(rows), validation=Dataset.from_list(rows[:2]))
+    tokenizer = models.load_tokenizer(cfg)
+    trainer = train.make_trainer(cfg, train.load_model_for_training(cfg), tokenizer, data, tmp_path / "checkpoints")
+    assert any(type(c).__name__ == "_StopOnNonFiniteLoss" for c in trainer.callback_handler.callbacks)
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.args.logging_nan_inf_filter is False
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_the_memory_plan_sizes_a_rehearsal(tmp_path):
+    from ragcourse import memory
+
+    plan = memory.phase_plan(rehearsal.rehearsal_config("gpu-24gb", tmp_path))
+    assert plan.fits() and plan.phase("judge").parts["judge_weights"] > 0
