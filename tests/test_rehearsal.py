@@ -80,3 +80,33 @@ def test_the_memory_plan_sizes_a_rehearsal(tmp_path):
 
     plan = memory.phase_plan(rehearsal.rehearsal_config("gpu-24gb", tmp_path))
     assert plan.fits() and plan.phase("judge").parts["judge_weights"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", GPU_PRESETS)
+def test_gpu_preset_rehearsed_through_the_whole_pipeline(preset, tmp_path, capsys):
+    """The preset's own pipeline (its chunking, target style, oracle fraction, distractors ranked with the reranker,
+    4-bit or 16-bit training with gradient checkpointing, its merge path, evaluation with a judge that is not the model
+    under test) through ``pipeline.ensure``, with only ``rehearsal_config``'s swaps and a few steps."""
+    import json
+
+    from ragcourse import artifacts, pipeline
+    from ragcourse.hardware import set_torch_threads
+
+    set_torch_threads(1)
+    cfg = rehearsal.rehearsal_config(
+        preset, tmp_path / "outputs",
+        training={"max_steps": 2, "eval_steps": 1, "save_steps": 1, "logging_steps": 1},
+        data={"max_train_examples": 16, "max_eval_examples": 4}, evaluation={"max_questions": 3, "judge_samples": 1})
+    pipeline.ensure(cfg, "eval")
+    assert pipeline.status(cfg) == {step: "current" for step in artifacts.STEPS}
+    train_rows = [json.loads(line) for line in (cfg.artifact_dir("dataset") / "train.jsonl").read_text().splitlines()]
+    context_sizes = {len(row["context_ids"]) for row in train_rows}
+    assert context_sizes == {1 + cfg.data.num_distractors}  # oracle + distractors (or distractors only), as configured
+    merged = artifacts.read_manifest(cfg.artifact_dir("merged"))
+    assert merged["max_logit_difference"] <= 1e-3  # fp32 on the CPU: the merge reproduces the adapter model
+    adapter = artifacts.read_manifest(cfg.artifact_dir("adapter"))
+    assert adapter["global_step"] == 2
+    report = (cfg.artifact_dir("eval") / "report.md").read_text()
+    assert "tuned + RAG" in report and "judge" in report.lower()
+    assert not evaluate.judge_is_model_under_test(cfg)
