@@ -102,7 +102,7 @@ def summary(quality: Any, ks: Sequence[int] = (1, REPORT_K)) -> dict[str, float]
 def prompt_tokens(index: Any, rows: list[dict], cfg: CourseConfig, tokenizer: Any,
                   max_top_k: int = 6) -> dict[int, list[int]]:
     """Tokens of the inference prompt (chat template, system prompt, top-k hybrid passages, question) per top_k."""
-    retriever = rag.make_retriever(index, cfg, "hybrid", top_k=max_top_k)
+    retriever = retrieval.make_retriever(index, cfg, "hybrid", top_k=max_top_k)
     count = data.token_counter(tokenizer)
     out: dict[int, list[int]] = {k: [] for k in range(1, max_top_k + 1)}
     for row in rows:

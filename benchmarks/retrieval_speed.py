@@ -155,15 +155,14 @@ def main() -> None:
     _, per_s[2] = embed_throughput(embed_model, texts, threads=2)
     print(f"embedding: {per_s[1]:.1f} chunks/s (1 thread), {per_s[2]:.1f} chunks/s (2 threads)", flush=True)
     set_torch_threads(1)  # latencies at 1 thread: steadier on a shared machine
-    retrieval.make_retriever(retrieval.build_index(scaled_nodes(nodes, vectors, 100), embed_model), "hybrid")  # warm-up
+    retrieval.make_retriever(retrieval.build_index(scaled_nodes(nodes, vectors, 100), embed_model), cfg, "hybrid")  # warm-up
     stores = []
     for size in SIZES:
         pool = scaled_nodes(nodes, vectors, size)
         repeats = 5 if size <= 10_000 else 1
         index, build_s = timed(lambda: retrieval.build_index(pool, embed_model), repeats)
-        retrievers = {kind: retrieval.make_retriever(index, kind, top_k=cfg.rag.similarity_top_k,
-                                                     dense_weight=cfg.rag.dense_weight) for kind in KINDS if kind != "bm25"}
-        retrievers["bm25"], bm25_s = timed(lambda: retrieval.make_retriever(index, "bm25", top_k=cfg.rag.similarity_top_k),
+        retrievers = {kind: retrieval.make_retriever(index, cfg, kind) for kind in KINDS if kind != "bm25"}
+        retrievers["bm25"], bm25_s = timed(lambda: retrieval.make_retriever(index, cfg, "bm25"),
                                            repeats)
         n_queries = args.queries if size < 100_000 else max(args.queries // 2, 5)
         sample = (queries * (n_queries // len(queries) + 1))[:n_queries]

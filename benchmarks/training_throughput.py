@@ -170,7 +170,7 @@ def run_variant(variant: Variant, warmup: int, steps: int) -> dict[str, Any]:
     import torch
 
     from ragcourse import runtime
-    from ragcourse.data import load_dataset_artifact
+    from ragcourse import pipeline
     from ragcourse.hardware import detect_hardware
     from ragcourse.models import load_tokenizer
     from ragcourse.train import ensure_pad_token, load_model_for_training
@@ -183,7 +183,7 @@ def run_variant(variant: Variant, warmup: int, steps: int) -> dict[str, Any]:
     cfg = runtime.start("cpu-smoke", quiet=True, **overrides)
     torch.set_num_threads(variant.threads)
     hw = detect_hardware()
-    dataset = load_dataset_artifact(cfg)
+    dataset = pipeline.load(cfg, "dataset")
     tokenizer = load_tokenizer(cfg)
     ensure_pad_token(tokenizer)
     t0 = time.perf_counter()

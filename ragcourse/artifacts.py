@@ -114,14 +114,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 # -- what each artifact is made from: declared once, read by every saver and by the pipeline's freshness check ---
 
-STEPS = ("dataset", "adapter", "merged", "index", "eval")
+STEPS = ("index", "dataset", "adapter", "merged", "eval")  # the order run-all builds them in
 # Upstream artifacts whose manifests are inputs of a step: a rebuilt upstream makes everything below it stale.
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "dataset": (),
     "adapter": ("dataset",),
     "merged": ("adapter",),
     "index": (),
-    "eval": ("dataset", "index", "merged"),
+    "eval": ("index", "dataset", "merged"),  # the index first: the dataset's distractor mining reuses its vectors
 }
 
 

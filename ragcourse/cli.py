@@ -136,6 +136,17 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
     return 0 if runs and all(r.ok for r in runs) else 1
 
 
+def cmd_prose(args: argparse.Namespace) -> int:
+    from .prose import regenerate
+
+    changed = regenerate(check=args.check)
+    for path in changed:
+        print(f"{'stale' if args.check else 'regenerated'}: {path.name}")
+    if args.check and changed:
+        print("regenerate them with: ragcourse prose", file=sys.stderr)
+    return 1 if args.check and changed else 0
+
+
 def cmd_learner_copies(args: argparse.Namespace) -> int:
     from .workshop import stale_learner_copies, write_learner_copies
 
@@ -196,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None)
     p.add_argument("--only", nargs="*", help="notebook names to run (default: all)")
     p.set_defaults(func=cmd_notebooks)
+    p = sub.add_parser("prose", help="regenerate the numbers in the notebooks' prose (Prerequisites tables) from code and benchmarks")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that are stale")
+    p.set_defaults(func=cmd_prose)
     p = sub.add_parser("learner-copies", help="write the notebooks with solution cells blanked (workshop kit)")
     p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
     p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")

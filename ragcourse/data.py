@@ -807,10 +807,17 @@ def save_dataset(prepared: PreparedData, cfg: CourseConfig, target: Path | None 
 
 
 def build_dataset(cfg: CourseConfig) -> Path:
-    """``ragcourse data`` without the teacher: notebook 01 end to end (curated pairs only), saved."""
-    from .models import load_tokenizer
+    """``ragcourse data`` without the teacher: notebook 01 end to end (curated pairs only), saved.
 
-    return save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg)), cfg)
+    When the persisted index is current (same corpus, chunking, tokenizer and embedding model), its chunks and vectors
+    rank the distractors: the corpus is embedded once for both artifacts.
+    """
+    from .artifacts import stale_reason
+    from .models import load_tokenizer
+    from .retrieval import load_index
+
+    index = load_index(cfg) if cfg.rag.vector_store == "simple" and stale_reason(cfg, "index") is None else None
+    return save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg), index=index), cfg)
 
 
 def load_dataset(cfg: CourseConfig) -> "DatasetDict":

@@ -138,8 +138,9 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
 
         from .env import secret
 
-        return LangchainLLMWrapper(ChatOpenAI(model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"), temperature=0,
-                                              base_url=os.environ.get("OPENAI_BASE_URL"), api_key=secret("OPENAI_API_KEY")))
+        return _legacy_wrapper(LangchainLLMWrapper, ChatOpenAI(
+            model=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"), temperature=0, base_url=os.environ.get("OPENAI_BASE_URL"),
+            api_key=secret("OPENAI_API_KEY")))
     from langchain_huggingface import ChatHuggingFace, HuggingFacePipeline
     from transformers import pipeline
 
@@ -163,7 +164,15 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
 
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, max_new_tokens=256, do_sample=False,
                     return_full_text=False)
-    return LangchainLLMWrapper(LocalChat(llm=HuggingFacePipeline(pipeline=pipe)))
+    return _legacy_wrapper(LangchainLLMWrapper, LocalChat(llm=HuggingFacePipeline(pipeline=pipe)))
+
+
+def _legacy_wrapper(wrapper: Any, llm: Any) -> Any:
+    """``LangchainLLMWrapper(llm)``: ragas 0.4 deprecates it for ``llm_factory`` (OpenAI clients only), yet its
+    ``evaluate`` still takes only these legacy objects, so the warning says nothing a learner can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return wrapper(llm)
 
 
 def judge_is_model_under_test(cfg: CourseConfig) -> bool:

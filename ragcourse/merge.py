@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .config import CourseConfig
 from .hardware import compute_dtype_name, detect_hardware
+from .memory import MERGED_MAX_SHARD_SIZE
 
 # Largest acceptable |merged - adapter| logit difference, by the dtype the merge is done in. fp32 differs only by
 # summation order; 16-bit formats round W + BA once more (bf16 keeps ~3 significant digits).
@@ -17,6 +18,18 @@ TOLERANCE = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.5}
 def merge_dtype(cfg: CourseConfig) -> str:
     """The 16-bit (or, on CPU, 32-bit) dtype to merge in: the preset's compute dtype, never 4-bit."""
     return compute_dtype_name(detect_hardware(), cfg.model.torch_dtype)
+
+
+def merge_device(cfg: CourseConfig) -> str | None:
+    """Where this machine merges, from the memory plan (notebook 02, section 4b): None (the GPU, or the CPU of a
+    CPU-only machine) or ``"cpu"`` when the GPU cannot hold the 16-bit model. A plan that fits neither is an error."""
+    from .memory import phase_plan, this_machine
+
+    plan = phase_plan(cfg, this_machine()).phase("merge")
+    if plan.where.startswith("CPU, shard"):
+        raise RuntimeError(f"Merging {cfg.model.name} needs more memory than this machine has ({plan.note}): merge on a "
+                           f"machine with more host RAM, or serve the adapter unmerged (notebook 05's adapter model).")
+    return "cpu" if plan.where == "CPU" and detect_hardware().device == "cuda" else None
 
 
 def fresh_base(cfg: CourseConfig, kind: str = "auto") -> Any:
@@ -32,11 +45,12 @@ def fresh_base(cfg: CourseConfig, kind: str = "auto") -> Any:
 
     if kind == "auto":
         kind = "dequantized" if cfg.quantization.load_in_4bit else "original"
+    device = merge_device(cfg)
     if kind == "original":
-        return load_causal_lm(cfg, quantize=False)
+        return load_causal_lm(cfg, quantize=False, device=device)
     if kind != "dequantized":
         raise ValueError(f"base kind must be auto, original or dequantized, got {kind!r}")
-    model = load_causal_lm(cfg, quantize=True)
+    model = load_causal_lm(cfg, quantize=True, device=device)
     model = model.dequantize(dtype=torch_dtype(merge_dtype(cfg)))
     return model
 
@@ -129,7 +143,8 @@ def save_merged(model: Any, tokenizer: Any, cfg: CourseConfig, target: Path | No
     target = target or cfg.artifact_dir("merged")
     finalize_generation_config(model, tokenizer)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        # 2 GB shards: safetensors copies each shard to host RAM while writing it (the default, 50 GB, is a whole 7B model).
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=MERGED_MAX_SHARD_SIZE)
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, cfg, "merged", **extra)
     return target

@@ -169,10 +169,12 @@ def load_causal_lm(
     quantize: bool | None = None,
     path: str | None = None,
     hw: Hardware | None = None,
+    device: str | None = None,
 ) -> "PreTrainedModel":
     """Load the preset's causal LM, 4-bit (``quantization.load_in_4bit``) or in 16/32-bit.
 
-    ``quantize`` overrides the config (notebook 04 merges into a freshly loaded 16-bit base).
+    ``quantize`` overrides the config (notebook 04 merges into a freshly loaded 16-bit base); ``device="cpu"`` keeps
+    it in host memory on a GPU machine (a merge the memory plan does not fit on the GPU).
     """
     from transformers import AutoModelForCausalLM
 
@@ -188,10 +190,10 @@ def load_causal_lm(
     }
     if quantize:
         kwargs["quantization_config"] = bnb_config(cfg, hw)
-    if hw.device == "cuda":
+    if hw.device == "cuda" and device != "cpu":
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg), **kwargs)
-    if quantize and hw.device == "cpu":
+    if quantize and (hw.device == "cpu" or device == "cpu"):
         disable_cpu_inference_repack(model)
     return model
 

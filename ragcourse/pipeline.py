@@ -2,9 +2,9 @@
 
 Each step makes one artifact folder under ``outputs/<preset>/``::
 
-    dataset ──> adapter ──> merged ──┐
-                                     ├──> eval
-    index ───────────────────────────┘      (eval also reads the dataset's test split)
+    index ──> dataset ──> adapter ──> merged ──> eval     (eval also reads the index and the dataset's test split)
+
+(The dataset reuses the index's vectors to rank distractors when the index is current; it does not depend on it.)
 
 What a step is made from (input files, the config values it depends on, the upstream manifests) is declared once in
 :mod:`ragcourse.artifacts` and saved in each artifact's manifest; :func:`ensure` compares that record with the present
@@ -47,10 +47,10 @@ class Step:
 
 
 REGISTRY: dict[str, Step] = {
+    "index": Step("index", "05_rag_llamaindex.ipynb", _build_index, retrieval.load_index),
     "dataset": Step("dataset", "01_data_prep.ipynb", data.build_dataset, data.load_dataset),
     "adapter": Step("adapter", "03_qlora_training.ipynb", _build_adapter, lambda cfg: cfg.artifact_dir("adapter")),
     "merged": Step("merged", "04_adapter_merge.ipynb", merge.build_merged, merge.load_merged),
-    "index": Step("index", "05_rag_llamaindex.ipynb", _build_index, retrieval.load_index),
     "eval": Step("eval", "06_evaluation.ipynb", evaluate.run, lambda cfg: cfg.artifact_dir("eval")),
 }
 assert tuple(REGISTRY) == STEPS

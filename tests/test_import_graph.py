@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"rag"},                # serving: our model behind LlamaIndex
     {"evaluate"},
     {"pipeline"},
-    {"workshop", "nbrun", "cli"},
+    {"workshop", "nbrun", "prose", "cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -1,4 +1,8 @@
-"""Pre-built artifacts (paths.prebuilt): a workshop can start at notebook 05 with the instructor's artifacts."""
+"""Pre-built artifacts (paths.prebuilt): a workshop can start at notebook 05 with the instructor's artifacts.
+
+Restoring is one more source for ``pipeline.ensure``: a missing artifact is copied from the pre-built folder or
+archive and then checked like any other; a local artifact is never replaced by it.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,53 @@ import tarfile
 import zipfile
 
 import pytest
+from quick import quick_config
 
-from ragcourse.config import load_config
-
-
-def _artifact(folder, name):
-    (folder / name).mkdir(parents=True)
-    (folder / name / "manifest.json").write_text(json.dumps({"name": name}))
-    (folder / name / "weights.bin").write_bytes(b"x" * 10)
+from ragcourse import artifacts, pipeline
 
 
-def test_missing_artifact_is_restored_from_a_prebuilt_folder(tmp_path):
-    _artifact(tmp_path / "instructor" / "cpu-smoke", "adapter")
-    cfg = load_config("cpu-smoke", paths={"output_root": str(tmp_path / "outputs"), "prebuilt": str(tmp_path / "instructor")})
-    adapter = cfg.artifact_dir("adapter")
-    assert json.loads((adapter / "manifest.json").read_text()) == {"name": "adapter"} and (adapter / "weights.bin").is_file()
-    assert not (cfg.artifact_dir("merged") / "manifest.json").exists()  # not in the folder: built as usual
+def test_restore_copies_one_artifact_from_a_folder(tmp_path):
+    src = tmp_path / "instructor" / "cpu-smoke" / "adapter"
+    src.mkdir(parents=True)
+    (src / "manifest.json").write_text(json.dumps({"step": "adapter"}))
+    (src / "weights.bin").write_bytes(b"x" * 10)
+    target = tmp_path / "outputs" / "cpu-smoke" / "adapter"
+    assert artifacts.restore_prebuilt(tmp_path / "instructor", "adapter", target, "cpu-smoke")
+    assert (target / "weights.bin").read_bytes() == b"x" * 10
+    assert not artifacts.restore_prebuilt(tmp_path / "instructor", "merged", tmp_path / "m", "cpu-smoke")
 
 
-@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
-def test_restored_from_an_archive_and_never_over_a_local_artifact(tmp_path, kind):
-    src = tmp_path / "src"
-    _artifact(src / "outputs" / "cpu-smoke", "dataset")
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_a_workshop_starts_from_the_instructors_archive(smoke, tmp_path, kind, capsys):
+    """The instructor's outputs as an archive: every step is restored and current, nothing is rebuilt, and a learner's
+    own artifact is never replaced."""
     archive = tmp_path / f"prebuilt.{kind}"
+    root = smoke.output_dir.parent
+    files = [p for step in artifacts.STEPS for p in smoke.artifact_dir(step).rglob("*")]  # no checkpoints, no plots
     if kind == "zip":
         with zipfile.ZipFile(archive, "w") as z:
-            for p in src.rglob("*"):
-                z.write(p, p.relative_to(src))
+            for p in files:
+                z.write(p, p.relative_to(root.parent))
     else:
-        with tarfile.open(archive, "w:gz") as t:
-            t.add(src / "outputs", arcname="outputs")
-    cfg = load_config("cpu-smoke", paths={"output_root": str(tmp_path / "outputs"), "prebuilt": str(archive)})
-    dataset = cfg.artifact_dir("dataset")
-    assert (dataset / "weights.bin").read_bytes() == b"x" * 10
-    (dataset / "manifest.json").write_text("{}")  # the learner's own artifact is never replaced
-    assert cfg.artifact_dir("dataset").joinpath("manifest.json").read_text() == "{}"
+        with tarfile.open(archive, "w") as t:
+            for p in files:
+                t.add(p, arcname=str(p.relative_to(root.parent)), recursive=False)
+    cfg = quick_config(tmp_path / "learner", paths={"prebuilt": str(archive)})
+    pipeline.ensure(cfg, "eval")
+    out = capsys.readouterr().out
+    assert "building" not in out and out.count("(paths.prebuilt)") == len(artifacts.STEPS)
+    assert pipeline.status(cfg) == {step: "current" for step in artifacts.STEPS}
+
+    mine = quick_config(tmp_path / "mine", paths={"prebuilt": str(archive)})
+    (mine.artifact_dir("index")).mkdir(parents=True)
+    (mine.artifact_dir("index") / "manifest.json").write_text("{}")  # the learner's own (here: unusable) index
+    pipeline.ensure(mine, "index")
+    assert "building it" in capsys.readouterr().out  # rebuilt here, never overwritten from the archive
+    assert artifacts.read_manifest(mine.artifact_dir("index"))["step"] == "index"
 
 
 def test_a_wrong_prebuilt_path_names_the_fix(tmp_path):
-    cfg = load_config("cpu-smoke", paths={"output_root": str(tmp_path), "prebuilt": str(tmp_path / "nope.tar.gz")})
+    cfg = quick_config(tmp_path, paths={"prebuilt": str(tmp_path / "nope.tar.gz")})
     with pytest.raises(FileNotFoundError, match="paths.prebuilt"):
-        cfg.artifact_dir("index")
+        pipeline.ensure(cfg, "index")

@@ -97,7 +97,9 @@ def test_gpu_preset_rehearsed_through_the_whole_pipeline(preset, tmp_path, capsy
     cfg = rehearsal.rehearsal_config(
         preset, tmp_path / "outputs",
         training={"max_steps": 2, "eval_steps": 1, "save_steps": 1, "logging_steps": 1},
-        data={"max_train_examples": 16, "max_eval_examples": 4}, evaluation={"max_questions": 3, "judge_samples": 1})
+        data={"max_train_examples": 16, "max_eval_examples": 4},
+        # the judge's mechanics once (gpu-24gb); a random-weight judge's RAGAS retries cost minutes and prove no more
+        evaluation={"max_questions": 3, "judge_samples": 1 if preset == "gpu-24gb" else 0})
     pipeline.ensure(cfg, "eval")
     assert pipeline.status(cfg) == {step: "current" for step in artifacts.STEPS}
     train_rows = [json.loads(line) for line in (cfg.artifact_dir("dataset") / "train.jsonl").read_text().splitlines()]
@@ -108,5 +110,5 @@ def test_gpu_preset_rehearsed_through_the_whole_pipeline(preset, tmp_path, capsy
     adapter = artifacts.read_manifest(cfg.artifact_dir("adapter"))
     assert adapter["global_step"] == 2
     report = (cfg.artifact_dir("eval") / "report.md").read_text()
-    assert "tuned + RAG" in report and "judge" in report.lower()
+    assert "tuned + RAG" in report and ("LLM judge" in report) == (preset == "gpu-24gb")
     assert not evaluate.judge_is_model_under_test(cfg)

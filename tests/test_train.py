@@ -91,11 +91,12 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(tmp_path):
+def test_killed_run_resumes_to_the_same_result(smoke, tmp_path):
     """Kill a run after its step-4 checkpoint, leave a half-written one behind, resume: same result as no kill."""
     ref_root, run_root = tmp_path / "ref", tmp_path / "run"
+    for root in (ref_root, run_root):  # the session's dataset (same data settings): only training is under test
+        shutil.copytree(smoke.artifact_dir("dataset"), root / "cpu-smoke" / "dataset")
     subprocess.run(_cli(ref_root), check=True, env=_env(), capture_output=True, text=True)
-    shutil.copytree(ref_root / "cpu-smoke" / "dataset", run_root / "cpu-smoke" / "dataset")
 
     proc = subprocess.Popen(_cli(run_root), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpts = run_root / "cpu-smoke" / "checkpoints"
@@ -129,16 +130,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_one_adapter(tmp_path):
+def test_two_cpu_processes_train_one_adapter(smoke, tmp_path):
     """Two CPU processes under `accelerate launch` (gloo): both train, one adapter is saved.
 
     The shipped config (configs/accelerate/cpu-2proc.yaml) explains why it is not `--cpu --num_processes 2`: that
     flag makes accelerate 1.15 start one process only."""
     root = tmp_path / "ddp"
+    shutil.copytree(smoke.artifact_dir("dataset"), root / "cpu-smoke" / "dataset")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"),
            "-m", "ragcourse.cli", "train", "--preset", "cpu-smoke",
            "--set", f"paths.output_root={root}", "--set", "training.max_steps=2", "--set", "training.eval_steps=2",
-           "--set", "training.save_steps=2", "--set", "training.logging_steps=1", "--set", "data.max_train_examples=16",
+           "--set", "training.save_steps=2", "--set", "training.logging_steps=1", "--set", "data.max_train_examples=24",
            "--set", "data.max_eval_examples=4", "--set", "training.per_device_train_batch_size=2"]
     res = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]

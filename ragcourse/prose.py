@@ -1,0 +1,107 @@
+"""Numbers in prose, generated: each notebook's "Prerequisites" table comes from the presets, the memory plan, the
+recipe check and the measured course run, never typed by hand (``ragcourse prose``; ``--check`` runs in the tests).
+
+A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- /generated -->`` in a Markdown cell; running
+``ragcourse prose`` rewrites every block from the current code and ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import available_presets, load_config, project_root
+
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
+# The memory-plan phase each notebook runs (notebooks 00–02 load the model and generate, as serving does).
+NOTEBOOK_PHASE = {"00": "serving", "01": "serving", "02": "train", "03": "train", "04": "merge", "05": "serving",
+                  "06": "evaluation"}
+
+
+def course_run(preset: str) -> dict[str, dict[str, Any]]:
+    """Per notebook (``"03"``), the measured run in ``benchmarks/results/course_run_<preset>.json`` ({} if none)."""
+    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
+    try:
+        runs = json.loads(path.read_text())["notebooks"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {r["notebook"][:2]: r for r in runs if r.get("ok")}
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def prerequisites_table(notebook: str) -> str:
+    """The Prerequisites table of one notebook: every preset's hardware, measured time and memory where a course run
+    was measured, else the memory plan's peak for the phase the notebook runs (and, for 03, the recipe check)."""
+    from .memory import phase_plan
+
+    rows = ["| preset | hardware | this notebook | peak memory |" + (" training steps | validations |" if notebook == "03" else ""),
+            "|---|---|---|---|" + ("---|---|" if notebook == "03" else "")]
+    for preset in sorted(available_presets(), key=lambda p: (not p.startswith("cpu"), p)):  # cpu-smoke first
+        cfg = load_config(preset)
+        measured = course_run(preset).get(notebook)
+        if measured:
+            time = f"{measured['wall_seconds'] / 60:.1f} min (measured)"
+            memory = f"{measured.get('peak_rss_tree_gib', measured.get('peak_rss_kernel_gib', 0)):.1f} GiB RAM (measured)"
+        else:
+            time = "not measured yet"
+            plan = phase_plan(cfg)
+            phases = [p for p in plan.phases if p.phase == NOTEBOOK_PHASE[notebook]
+                      or (notebook == "06" and p.phase == "judge")]
+            gpu = max(p.gpu_bytes for p in phases)
+            host = max(p.host_bytes for p in phases)
+            memory = (f"{_gib(gpu)} GPU, {_gib(host)} RAM (planned)" if plan.target.gpu else f"{_gib(host)} RAM (planned)")
+        row = f"| `{preset}` | {cfg.expected.hardware} | {time} | {memory} |"
+        if notebook == "03":
+            from .recipe import check_recipe
+
+            check = check_recipe(cfg, with_synthetic=False)
+            row += f" {check.total_steps} | {check.evaluations} |"
+        rows.append(row)
+    note = ("Measured on the benchmark machine (`benchmarks/course_run.py`); planned figures come from "
+            "`ragcourse.memory.phase_plan` (notebook 02).")
+    if notebook == "03":
+        note += (" Steps and validations: `ragcourse.recipe.check_recipe` on the sample domain's curated pairs "
+                 "(notebook 01's synthetic pairs add more).")
+    return "\n".join(rows) + "\n\n" + note + "\n"
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table}
+
+
+def render(text: str, notebook: str) -> str:
+    """``text`` with every generated block rewritten."""
+    return BLOCK.sub(lambda m: m.group(1) + GENERATORS[m.group("name")](notebook) + m.group(4), text)
+
+
+def notebook_paths() -> list[Path]:
+    return sorted((project_root() / "notebooks").glob("0*.ipynb"))
+
+
+def regenerate(check: bool = False) -> list[Path]:
+    """Rewrite the generated blocks of every notebook (``check``: write nothing); returns the notebooks that changed."""
+    changed = []
+    for path in notebook_paths():
+        raw = path.read_text(encoding="utf-8")
+        nb = json.loads(raw)
+        dirty = False
+        for cell in nb["cells"]:
+            if cell["cell_type"] != "markdown":
+                continue
+            text = "".join(cell["source"])
+            if "<!-- generated:" not in text:
+                continue
+            new = render(text, path.name[:2])
+            if new != text:
+                lines = new.split("\n")
+                cell["source"] = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+                dirty = True
+        if dirty:
+            changed.append(path)
+            if not check:
+                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
