@@ -1,6 +1,7 @@
 # Two commands for a newcomer (see README.md):
 #   make demo   set up .venv if needed, then run every notebook on the cpu-smoke preset (offline)
 #   make test   set up .venv if needed, then run the unit tests and the notebook tests
+#   make unit   the fast unit tests only (no training, no notebooks)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -27,7 +28,7 @@ test: venv
 	$(BIN)/python -m pytest
 
 unit: venv
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow"
 
 notebooks: venv
 	$(BIN)/python -m pytest notebooks

@@ -115,3 +115,36 @@ def test_the_committed_sweep_cache_is_what_the_notebook_loads():
         assert row["trainable_params"] == lora.count_lora_parameters(cfg.model.name, row["r"], row["targets"])
         assert row["val_loss"] < sweep["val_loss_base"], row  # every setting learned something
         assert row["s_per_step"] > 0
+
+
+def _notebook_03_lora_lines() -> str:
+    """The lines of notebook 03's "Attach LoRA" cell that build the LoraConfig (everything before the model is touched)."""
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "03_qlora_training.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if "lora_config = " in "".join(c["source"]))
+    lines = cell.splitlines()
+    return "\n".join(lines[: next(i for i, line in enumerate(lines) if line.startswith("lora_config = ")) + 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,targets", [("cpu-smoke", None), ("colab-t4", None), ("gpu-24gb", None),
+                                            ("gpu-80gb", None), ("cpu-smoke", "attention"), ("colab-t4", "attention")])
+def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_path):
+    """Notebook 03's LoraConfig is the one `ragcourse train` attaches, for every preset; a set name from notebook 02
+    (``attention``) resolves to modules that exist (a regex matching nothing would train no adapter at all)."""
+    from ragcourse import rehearsal, train
+    from ragcourse.hardware import set_torch_threads
+
+    set_torch_threads(1)
+    overrides = {"lora": {"target_modules": targets}} if targets else {}
+    cfg = load_config(preset, **overrides) if preset == "cpu-smoke" else rehearsal.rehearsal_config(preset, tmp_path, **overrides)
+    namespace = {"cfg": cfg}
+    exec(_notebook_03_lora_lines(), namespace)  # noqa: S102  (the notebook's own lines)
+    shown = namespace["lora_config"]
+    attached = train.load_model_for_training(cfg).peft_config["default"]  # what `ragcourse train` trains
+    for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "task_type"):
+        assert getattr(shown, field) == getattr(attached, field), field
+    if targets == "attention":
+        assert set(shown.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
