@@ -176,6 +176,20 @@ def cmd_learner_copies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup_cells(args: argparse.Namespace) -> int:
+    """Write (or with --check, compare) every notebook's generated Colab setup cell."""
+    from .workshop import setup_cell_problems, write_setup_cells
+
+    if args.check:
+        problems = setup_cell_problems(args.src)
+        for line in problems:
+            print(line)
+        return 1 if problems else 0
+    changed = write_setup_cells(args.src)
+    print(f"{len(changed)} notebook(s) got the generated setup cell" + "".join(f"\n  {p.name}" for p in changed))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale")
     p.set_defaults(func=cmd_learner_copies)
+    p = sub.add_parser("setup-cells", help="write the generated Colab setup cell into every notebook")
+    p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that drift")
+    p.set_defaults(func=cmd_setup_cells)
     return parser
 
 
