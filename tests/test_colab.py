@@ -141,3 +141,33 @@ def test_setup_on_colab_asks_installs_and_points_the_course_at_the_checkout(fake
     root = colab.setup(ROOT, ask=lambda q: "yes")
     assert root == colab.DRIVE_OUTPUTS and Path.cwd() == ROOT / "notebooks"
     assert os.environ["RAGCOURSE_ROOT"] == str(ROOT)
+
+
+def _resolver_check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("colab_resolver_check", ROOT / "scripts" / "colab_resolver_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_requirements_colab_and_colabs_packages_meet_every_package_dependency():
+    """Offline half of scripts/colab_resolver_check.py: a new pyproject dependency Colab lacks must be listed."""
+    check = _resolver_check_module()
+    snapshot = check.read_snapshot(check.SNAPSHOT)
+    assert snapshot["torch"] == "2.11.0+cu128" and snapshot["numpy"] == "2.1.3" and len(snapshot) > 600
+    pins = {check.canonicalize_name(name): version for name, version in
+            (l.split("==") for l in check.read_requirement_lines(check.REQUIREMENTS))}
+    assert check.unmet(check.pyproject_dependencies(), snapshot | pins) == []
+    assert not any(check.NEVER.match(name) for name in pins)
+
+
+def test_resolver_check_stand_in_wheels_are_valid_wheels(tmp_path: Path):
+    import zipfile
+
+    wheel = _resolver_check_module().stub_wheel(tmp_path, "torch", "2.11.0+cu128")
+    assert wheel.name == "torch-2.11.0+cu128-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        assert "Version: 2.11.0+cu128" in zf.read("torch-2.11.0+cu128.dist-info/METADATA").decode()
