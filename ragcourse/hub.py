@@ -70,5 +70,5 @@ def rebuild_notice(cfg: CourseConfig, step: str, minutes: float | None = None) -
              f" `ragcourse pull --preset {cfg.preset} --repo <you>/<repo> {step}`",
              f"set `paths.prebuilt` to hf://<owner>/<repo>, a folder or an archive holding [{cfg.preset}/]{step}"
              " (an instructor's pre-built artifacts)"]
-    return f"No {step} in {cfg.output_dir / step}: rebuilding it{cost}. Faster (interrupt this cell to use one):\n" + "\n".join(
-        f"  - {way}" for way in ways)
+    head = f"No {step} in {cfg.output_dir / step}: rebuilding it{cost}. Faster (interrupt this cell to use one):"
+    return "\n".join([head, *(f"  - {way}" for way in ways)])

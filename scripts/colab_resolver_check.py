@@ -102,14 +102,24 @@ def pyproject_dependencies() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
+def stub_filename(name: str, version: str) -> str:
+    """The stand-in wheel's file name: ``<name>-<version>-py3-none-any.whl``."""
+    return f"{re.sub(r'[-_.]+', '_', name)}-{version}-py3-none-any.whl"
+
+
+def _record_line(name: str, text: str) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(text)}"
+
+
 def stub_wheel(folder: Path, name: str, version: str) -> Path:
     """A wheel with only metadata: stands for a package Colab already has, at its snapshot version."""
-    dist = f"{re.sub(r'[-_.]+', '_', name)}-{version}"
-    path = folder / f"{dist}-py3-none-any.whl"
+    path = folder / stub_filename(name, version)
+    dist = path.name.removesuffix("-py3-none-any.whl")
     files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: colab-snapshot\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},{len(t)}"
-              for n, t in files.items()]
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: colab-snapshot\nRoot-Is-Purelib: true\n"
+                                        "Tag: py3-none-any\n"}
+    record = [_record_line(n, t) for n, t in files.items()]
     files[f"{dist}.dist-info/RECORD"] = "\n".join(record + [f"{dist}.dist-info/RECORD,,"]) + "\n"
     with zipfile.ZipFile(path, "w") as zf:
         for n, t in files.items():
@@ -129,8 +139,8 @@ def dry_run(requirements: list[str], workdir: Path, constraints: Path | None = N
     req_file, report = workdir / f"req-{len(list(workdir.glob('req-*')))}.txt", workdir / "report.json"
     req_file.write_text("\n".join(requirements) + "\n")
     report.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--progress-bar", "off", "--report", str(report),
-           "-r", str(req_file)]
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--progress-bar", "off",
+           "--report", str(report), "-r", str(req_file)]
     if colab_target:
         cmd += ["--target", str(workdir / "target"), "--python-version", PYTHON_VERSION, "--only-binary=:all:"]
         cmd += [a for p in PLATFORMS for a in ("--platform", p)]
@@ -200,7 +210,7 @@ def resolve(requirements: list[str], constraints: Path | None, kept: dict[str, s
         report, _ = dry_run(stubs + wanted + sdist_deps, workdir, constraints)
         extra = installs(dry_run(NO_DEPS, workdir, no_deps=True)[0]) if not from_pyproject else Install()
     got = installs(report).packages | extra.packages | sdists.packages
-    return {n: v for n, v in got.items() if n not in kept or v[1] != f"{re.sub(r'[-_.]+', '_', n)}-{kept[n]}-py3-none-any.whl"}
+    return {n: v for n, v in got.items() if n not in kept or v[1] != stub_filename(n, kept[n])}
 
 
 def conflict_summary(pip_output: str, lines: int = 12) -> str:
@@ -214,46 +224,44 @@ def conflict_summary(pip_output: str, lines: int = 12) -> str:
                      + [l for l in rest[1:] if l.startswith("ERROR")][:1])
 
 
-def check(requirement_source: str, constraints: Path | None, snapshot_path: Path) -> int:
-    """Run the dry run and print the verdict; returns the exit status (0: Colab's protected packages stay)."""
-    snapshot = read_snapshot(snapshot_path)
-    from_pyproject = requirement_source == "pyproject"
-    requirements = pyproject_dependencies() if from_pyproject else read_requirement_lines(Path(requirement_source))
-    # pip keeps an installed package unless a requirement it does not meet or a constraint asks for another version
-    named = {canonicalize_name(r.name) for r in map(Requirement, requirements) if canonicalize_name(r.name) in snapshot
+def may_move(requirements: list[str], constraints: Path | None, snapshot: dict[str, str]) -> set[str]:
+    """Preloaded packages pip may replace: a requirement their version does not meet names them, or a constraint does
+    (pip on Colab keeps every other installed package)."""
+    names = {canonicalize_name(r.name) for r in map(Requirement, requirements)
+             if canonicalize_name(r.name) in snapshot
              and not r.specifier.contains(Version(snapshot[canonicalize_name(r.name)]), prereleases=True)}
-    pinned = {canonicalize_name(Requirement(r).name) for r in requirements
-              if not from_pyproject and str(Requirement(r).specifier).startswith("==")}
     if constraints is not None:
-        named |= {canonicalize_name(Requirement(r).name) for r in read_requirement_lines(constraints)}
-    print(f"Colab snapshot: {snapshot_path.relative_to(ROOT)} ({len(snapshot)} packages, Python {PYTHON_VERSION}, "
-          f"manylinux up to 2_35)")
-    shown = requirement_source if from_pyproject else os.path.relpath(requirement_source, ROOT)
-    print(f"Install checked: {shown}" + (f" with -c {constraints}" if constraints else "")
-          + (" (the package with its dependencies)" if from_pyproject else f" + the package --no-deps + {', '.join(NO_DEPS)} --no-deps"))
-    t0 = time.perf_counter()
-    strict_error = None
-    try:  # strict: every preloaded package the install does not name stays as it is
-        got = resolve(requirements, constraints, {n: v for n, v in snapshot.items() if n not in named}, from_pyproject)
+        names |= {canonicalize_name(Requirement(r).name) for r in read_requirement_lines(constraints)}
+    return names
+
+
+def resolve_for_colab(requirements: list[str], constraints: Path | None, snapshot: dict[str, str], movable: set[str],
+                      from_pyproject: bool) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
+    """(what pip installs, why the strict resolution failed). Strict: every preloaded package not in ``movable``
+    stays. If that fails, relaxed: only the protected ones stay, to list what else would move. (None, why) when
+    neither resolves."""
+    try:
+        return resolve(requirements, constraints, {n: v for n, v in snapshot.items() if n not in movable},
+                       from_pyproject), None
     except RuntimeError as exc:
         strict_error = str(exc)
-        print("\npip cannot keep every preloaded package the install does not name:\n" + conflict_summary(strict_error))
-        try:  # relaxed: only the protected ones stay, so the listing shows what else pip would have to move
-            kept = {n: v for n, v in snapshot.items() if n not in named and (NEVER.match(n) or PROTECTED.match(n))}
-            got = resolve(requirements, constraints, kept, from_pyproject)
-            print("Resolved again keeping only the protected packages (other moves below are an upper bound):")
-        except RuntimeError as exc2:
-            print("\npip cannot resolve it at all on Colab's Python and platform:\n" + conflict_summary(str(exc2)))
-            print("\nFAIL: no resolution (a package lacks a CPython 3.13 wheel, or a requirement conflicts with a "
-                  "protected package)")
-            return 1
+    print("\npip cannot keep every preloaded package the install does not name:\n" + conflict_summary(strict_error))
+    kept = {n: v for n, v in snapshot.items() if n not in movable and (NEVER.match(n) or PROTECTED.match(n))}
+    try:
+        got = resolve(requirements, constraints, kept, from_pyproject)
+    except RuntimeError as exc:
+        print("\npip cannot resolve it at all on Colab's Python and platform:\n" + conflict_summary(str(exc)))
+        return None, strict_error
+    print("Resolved again keeping only the protected packages (other moves below are an upper bound):")
+    return got, strict_error
+
+
+def print_changes(got: dict[str, tuple[str, str]], snapshot: dict[str, str], pinned: set[str]) -> list[str]:
+    """Print what the install adds and moves; returns the protected packages it would change."""
     added = {n: v for n, v in got.items() if n not in snapshot}
     moved = {n: (snapshot[n], v[0]) for n, v in got.items() if n in snapshot and Version(v[0]) != Version(snapshot[n])}
     protected = sorted(n for n in moved if NEVER.match(n) or (PROTECTED.match(n) and n not in pinned))
     on_purpose = sorted(n for n in moved if PROTECTED.match(n) and n in pinned)
-    final = snapshot | {n: v for n, (v, _) in got.items()}
-    missing = [] if from_pyproject else unmet(pyproject_dependencies(), final)
-    print(f"pip resolved it in {time.perf_counter() - t0:.0f} s.\n")
     print(f"Adds {len(added)} packages:")
     for n, (v, f) in sorted(added.items()):
         print(f"  + {n}=={v}  [{wheel_kind(f)}]")
@@ -261,20 +269,43 @@ def check(requirement_source: str, constraints: Path | None, snapshot_path: Path
     for n, (old, new) in sorted(moved.items()):
         note = "PROTECTED" if n in protected else "protected, pinned on purpose" if n in on_purpose else "not protected"
         print(f"  ~ {n} {old} -> {new}  ({note})")
-    if moved:
-        print("  (the setup cell restarts the runtime once when the kernel has imported a moved package)")
     print("Changed preloaded packages (protected): " + (", ".join(protected) if protected else "none"))
     if on_purpose:
-        print("Protected packages moved on purpose (pinned in the requirements file, with the floor that forces it): "
-              + ", ".join(f"{n} {moved[n][0]} -> {moved[n][1]}" for n in on_purpose))
+        print("Protected packages moved on purpose (pinned in the requirements file, forced by a floor; the setup cell "
+              "restarts the runtime once): " + ", ".join(f"{n} {moved[n][0]} -> {moved[n][1]}" for n in on_purpose))
+    return protected
+
+
+def check(requirement_source: str, constraints: Path | None, snapshot_path: Path) -> int:
+    """Run the dry run and print the verdict; returns the exit status (0: Colab's protected packages stay)."""
+    snapshot = read_snapshot(snapshot_path)
+    from_pyproject = requirement_source == "pyproject"
+    requirements = pyproject_dependencies() if from_pyproject else read_requirement_lines(Path(requirement_source))
+    pinned = set() if from_pyproject else {canonicalize_name(Requirement(r).name) for r in requirements
+                                           if str(Requirement(r).specifier).startswith("==")}
+    shown = requirement_source if from_pyproject else os.path.relpath(requirement_source, ROOT)
+    how = " (the package with its dependencies)" if from_pyproject else f" + the package --no-deps + {' '.join(NO_DEPS)} --no-deps"
+    print(f"Colab snapshot: {snapshot_path.relative_to(ROOT)} ({len(snapshot)} packages, Python {PYTHON_VERSION}, "
+          f"manylinux up to 2_35)")
+    print(f"Install checked: {shown}" + (f" with -c {constraints}" if constraints else "") + how)
+    t0 = time.perf_counter()
+    movable = may_move(requirements, constraints, snapshot)
+    got, strict_error = resolve_for_colab(requirements, constraints, snapshot, movable, from_pyproject)
+    if got is None:
+        print("\nFAIL: no resolution (a package lacks a CPython 3.13 wheel, or a requirement conflicts with a "
+              "protected package)")
+        return 1
+    print(f"pip resolved it in {time.perf_counter() - t0:.0f} s.\n")
+    protected = print_changes(got, snapshot, pinned)
+    missing = [] if from_pyproject else unmet(pyproject_dependencies(), snapshot | {n: v for n, (v, _) in got.items()})
     if missing:
         print("Package dependencies (pyproject.toml) not met after the install:\n  " + "\n  ".join(missing))
-    ok = not protected and not missing and strict_error is None
-    print("PASS" if ok else "FAIL: " + "; ".join(filter(None, [
-        strict_error and "preloaded packages the requirements file does not name would move (name them, with why)",
-        protected and f"protected packages would change: {', '.join(protected)}",
-        missing and "the package's dependencies are not all installed (add them to requirements-colab.txt)"])))
-    return 0 if ok else 1
+    problems = [strict_error and "preloaded packages the requirements file does not name would move (name them, with why)",
+                protected and f"protected packages would change: {', '.join(protected)}",
+                missing and "the package's dependencies are not all installed (add them to requirements-colab.txt)"]
+    problems = [p for p in problems if p]
+    print("FAIL: " + "; ".join(problems) if problems else "PASS")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:

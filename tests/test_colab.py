@@ -171,3 +171,10 @@ def test_resolver_check_stand_in_wheels_are_valid_wheels(tmp_path: Path):
     assert wheel.name == "torch-2.11.0+cu128-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         assert "Version: 2.11.0+cu128" in zf.read("torch-2.11.0+cu128.dist-info/METADATA").decode()
+
+
+def test_imported_versions_name_the_distributions_this_process_has_imported():
+    from importlib.metadata import version
+
+    seen = colab._imported_versions()
+    assert seen["pytest"] == version("pytest") and "torch" not in seen
