@@ -53,22 +53,18 @@ def pull(cfg: CourseConfig, step: str, repo_id: str) -> Path:
     return target
 
 
-def rebuild_notice(cfg: CourseConfig, step: str, minutes: float | None = None) -> str:
-    """What a notebook prints before rebuilding a missing upstream artifact: how long, and the faster ways.
-
-    ``minutes`` is the rebuild's expected time on this preset (the caller knows the step; None: not printed).
-    """
+def faster_ways(cfg: CourseConfig, step: str) -> list[str]:
+    """The ways to get a missing ``step`` faster than rebuilding it, for the line printed before a long rebuild
+    (``pipeline.ensure``): Drive on Colab (unless outputs are there already), the Hub, ``paths.prebuilt``."""
     from .colab import DRIVE_OUTPUTS
     from .hardware import in_colab
 
-    cost = f" takes about {minutes:.0f} min on {cfg.expected.hardware}" if minutes is not None else " starts now"
     ways = []
     if in_colab() and not cfg.output_dir.is_relative_to(DRIVE_OUTPUTS):
         ways.append("keep outputs on Google Drive (answer yes in the setup cell, or set the Colab secret "
-                    "RAGCOURSE_STORAGE=drive): the notebook that built it then leaves it where this one looks")
-    ways += [f"pull it from the Hub, where it was pushed after it was built (`ragcourse push --repo <you>/<repo> {step}`):"
-             f" `ragcourse pull --preset {cfg.preset} --repo <you>/<repo> {step}`",
-             f"set `paths.prebuilt` to hf://<owner>/<repo>, a folder or an archive holding [{cfg.preset}/]{step}"
-             " (an instructor's pre-built artifacts)"]
-    head = f"No {step} in {cfg.output_dir / step}: rebuilding it{cost}. Faster (interrupt this cell to use one):"
-    return "\n".join([head, *(f"  - {way}" for way in ways)])
+                    "RAGCOURSE_STORAGE=drive), so the notebook that built it leaves it where this one looks")
+    ways += [f"`ragcourse pull --preset {cfg.preset} --repo <you>/<repo> {step}` where it was pushed after it was "
+             f"built (`ragcourse push`)",
+             f"set paths.prebuilt to hf://<owner>/<repo>, a folder or an archive holding [{cfg.preset}/]{step} "
+             "(an instructor's pre-built artifacts)"]
+    return ways

@@ -115,10 +115,10 @@ def test_cli_push_and_pull(tmp_path, fake_hub, monkeypatch, capsys):
     assert TOKEN not in capsys.readouterr().out
 
 
-def test_rebuild_notice_says_how_long_and_the_faster_ways(tmp_path, monkeypatch):
+def test_faster_ways_name_the_hub_the_prebuilt_setting_and_on_colab_drive(tmp_path, monkeypatch):
     cfg = load_config("colab-t4", paths={"output_root": str(tmp_path)})
-    text = hub.rebuild_notice(cfg, "adapter", minutes=25)
-    assert "about 25 min on NVIDIA T4" in text and "ragcourse pull --preset colab-t4" in text and "hf://" in text
+    text = "\n".join(hub.faster_ways(cfg, "adapter"))
+    assert "ragcourse pull --preset colab-t4" in text and "hf://" in text and "[colab-t4/]adapter" in text
     assert "Google Drive" not in text  # not on Colab
     monkeypatch.setitem(__import__("sys").modules, "google.colab", object())
-    assert "Google Drive" in hub.rebuild_notice(cfg, "adapter")
+    assert "Google Drive" in hub.faster_ways(cfg, "adapter")[0]
