@@ -19,6 +19,8 @@ from .config import CourseConfig, project_root, resolve_path
 from .env import versions
 
 MANIFEST = "manifest.json"
+# paths.prebuilt: "hf://<owner>/<name>" is a Hugging Face Hub repository (ragcourse.hub), not a local path.
+HUB_PREFIX = "hf://"
 
 
 def file_hashes(paths: Iterable[Path], root: Path | None = None) -> dict[str, str]:
@@ -262,17 +264,49 @@ def _prebuilt_member(names: Iterable[str], name: str, preset: str) -> str | None
     return None
 
 
+def hub_repo_id(source: str | os.PathLike[str]) -> str | None:
+    """``owner/name`` when ``source`` is ``hf://owner/name`` (also after ``config.resolve_path`` made it
+    ``<root>/hf:/owner/name``), else None."""
+    text = os.fspath(source)
+    if text.startswith(HUB_PREFIX):
+        return text[len(HUB_PREFIX):].strip("/") or None
+    parts = Path(text).parts
+    if "hf:" in parts:
+        return "/".join(parts[parts.index("hf:") + 1:]) or None
+    return None
+
+
+def _download_from_hub(repo_id: str, name: str, preset: str, into: Path) -> Path:
+    """The files of ``[<preset>/]<name>/`` in a Hub repository, downloaded into ``into``; token from the environment."""
+    from huggingface_hub import snapshot_download
+
+    from .env import secret
+
+    patterns = [f"{preset}/{name}/*", f"{preset}/{name}/**", f"{name}/*", f"{name}/**"]
+    return Path(snapshot_download(repo_id, local_dir=into, allow_patterns=patterns, token=secret("HF_TOKEN")))
+
+
 def restore_prebuilt(source: Path, name: str, target: Path, preset: str) -> bool:
-    """Copy one artifact (``dataset``, ``adapter``, ``merged``, ``index``) from a pre-built folder or archive.
+    """Copy one artifact (``dataset``, ``adapter``, ``merged``, ``index``) from a pre-built folder, archive or Hub repo.
 
     ``source`` is a folder holding ``[<preset>/]<name>/manifest.json`` (e.g. an ``outputs`` folder copied from the
-    instructor's machine), or a ``.tar.gz``/``.tgz``/``.zip`` of one. Returns False when it holds no such artifact;
-    the caller then builds it as usual. The copy is atomic, like every artifact.
+    instructor's machine), a ``.tar.gz``/``.tgz``/``.zip`` of one, or ``hf://<owner>/<name>``: a Hugging Face Hub
+    repository with that layout (``ragcourse push`` writes one). Returns False when it holds no such artifact; the
+    caller then builds it as usual. The copy is atomic, like every artifact.
     """
+    repo_id = hub_repo_id(source)
+    if repo_id is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _download_from_hub(repo_id, name, preset, Path(tmp))
+            return _restore(folder, name, target, preset, label=f"{HUB_PREFIX}{repo_id}")
+    return _restore(Path(source), name, target, preset, label=str(source))
+
+
+def _restore(source: Path, name: str, target: Path, preset: str, label: str) -> bool:
+    """``restore_prebuilt`` for a local folder or archive (``label`` names the source in the message)."""
     import tarfile
     import zipfile
 
-    source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"paths.prebuilt points to {source}, which does not exist: fix the path in your config "
                                 f"or remove paths.prebuilt to build every artifact here.")
@@ -296,5 +330,5 @@ def restore_prebuilt(source: Path, name: str, target: Path, preset: str) -> bool
                 else:
                     archive.extractall(unpacked, members=[archive.getmember(m) for m in members], filter="data")
                 shutil.copytree(Path(unpacked) / prefix, tmp, dirs_exist_ok=True)
-    print(f"Using the pre-built {name} from {source} (paths.prebuilt).")
+    print(f"Using the pre-built {name} from {label} (paths.prebuilt).")
     return True

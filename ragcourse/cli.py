@@ -167,6 +167,54 @@ def cmd_learner_copies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup_cells(args: argparse.Namespace) -> int:
+    """Write (or with --check, compare) every notebook's generated Colab setup cell."""
+    from .workshop import setup_cell_problems, write_setup_cells
+
+    if args.check:
+        problems = setup_cell_problems(args.src)
+        for line in problems:
+            print(line)
+        return 1 if problems else 0
+    changed = write_setup_cells(args.src)
+    print(f"{len(changed)} notebook(s) got the generated setup cell" + "".join(f"\n  {p.name}" for p in changed))
+    return 0
+
+
+def _hub_steps(args: argparse.Namespace) -> list[str]:
+    from .hub import STEPS
+
+    return args.steps or list(STEPS)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload built artifacts to a Hub repository (token: $HF_TOKEN or Colab's secrets)."""
+    from .hub import push
+
+    cfg = _start(args)
+    built = [s for s in _hub_steps(args) if (cfg.output_dir / s / "manifest.json").is_file()]
+    for step in built:
+        print(f"{step} -> {push(cfg, step, args.repo)}")
+    if not built:
+        print(f"nothing to push: no artifact in {cfg.output_dir}", file=sys.stderr)
+    return 0 if built else 1
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download artifacts from a Hub repository into outputs/<preset>/."""
+    from .hub import pull
+
+    cfg = _start(args)
+    missing = []
+    for step in _hub_steps(args):
+        try:
+            print(f"{step} <- {args.repo}: {pull(cfg, step, args.repo)}")
+        except FileNotFoundError as exc:
+            missing.append(step)
+            print(exc, file=sys.stderr)
+    return 1 if missing and args.steps else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale")
     p.set_defaults(func=cmd_learner_copies)
+    p = sub.add_parser("setup-cells", help="write the generated Colab setup cell into every notebook")
+    p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that drift")
+    p.set_defaults(func=cmd_setup_cells)
+    for name, func, verb in (("push", cmd_push, "upload outputs/<preset>/<step> to"),
+                             ("pull", cmd_pull, "download <preset>/<step> from")):
+        p = sub.add_parser(name, help=f"{verb} a Hugging Face Hub repository (token: $HF_TOKEN or Colab secrets)")
+        _config_args(p)
+        p.add_argument("--repo", required=True, help="Hub repository id, e.g. you/ragcourse-artifacts")
+        p.add_argument("steps", nargs="*", help="dataset, adapter, merged, index (default: all there are)")
+        p.set_defaults(func=func)
     for p in sub.choices.values():
         p.add_argument("-v", "--verbose", action="store_true", help="on an error, also show the full traceback")
     return parser

@@ -14,6 +14,11 @@ def notebook_files(root: Path) -> list[Path]:
     return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+def repository_url() -> str:
+    """The address a Colab setup cell clones (``git clone --depth=1 --branch BRANCH``)."""
+    return f"https://github.com/{REPOSITORY}"
+
+
 def colab_url(notebook: str) -> str:
     return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/notebooks/{notebook}"
 

