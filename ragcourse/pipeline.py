@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import data, evaluate, merge, retrieval, train
+from . import data, evaluate, hub, merge, retrieval, train
 from .artifacts import MANIFEST, STEPS, UPSTREAM, restore_prebuilt, stale_reason
 from .config import CourseConfig, project_root, resolve_path
 
@@ -75,10 +75,6 @@ def expected_time(cfg: CourseConfig, step: str) -> str:
             f"{cfg.expected.total_minutes:g} min")
 
 
-FASTER_WAYS = ("set paths.prebuilt to the instructor's artifacts (folder, archive or Hub repository), "
-               "or keep outputs on Google Drive in Colab (notebook 00)")
-
-
 def _main_process_first() -> Any:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return contextlib.nullcontext()
@@ -112,7 +108,7 @@ def ensure(cfg: CourseConfig, step: str, rebuild: bool = False, resume: bool = F
         return folder
     print(f"{step}: building it ({reason}); {expected_time(cfg, step)}.", flush=True)
     if step == "adapter" and not cfg.preset.startswith("cpu"):
-        print(f"  Faster ways: {FASTER_WAYS}.")
+        print("  Faster than training here:" + "".join(f"\n  - {way}" for way in hub.faster_ways(cfg, step)))
     start = time.perf_counter()
     REGISTRY[step].build(cfg, resume=resume) if step == "adapter" else REGISTRY[step].build(cfg)
     print(f"{step}: built in {time.perf_counter() - start:.0f} s -> {folder}", flush=True)

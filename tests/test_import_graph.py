@@ -16,9 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ragcourse"
 LAYERS: list[set[str]] = [
     {"course", "config", "errors"},
     {"env", "hardware", "prompts", "plots"},
+    {"colab"},              # the Colab setup cell's work: install what Colab lacks, outputs on Drive
     {"scoring", "realdocs"},
     {"models", "artifacts"},
-    {"runtime"},            # what the first cell of every notebook runs: config, environment, seed, output folder
+    {"runtime", "hub"},     # the first cell of every notebook (config, environment, seed); artifacts on the Hub
     {"retrieval"},          # the index, retrievers, reranker, retrieval metrics (takes chunks, never loads documents)
     {"data"},               # documents (load, chunk) and the dataset (Q&A, RAFT examples, split)
     {"lora", "memory", "recipe", "rehearsal"},   # LoRA sizing, memory plan, recipe checks, CPU stand-ins of GPU presets
