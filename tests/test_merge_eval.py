@@ -95,3 +95,51 @@ def test_non_llm_ragas_metrics_run_offline():
     assert len(scores) == 2 and all(0 <= v <= 1 for s in scores for v in s.values())
     assert scores[0]["non_llm_context_recall"] > scores[1]["non_llm_context_recall"]
     assert scores[0]["semantic_similarity"] > 0.5
+
+
+@pytest.mark.slow
+def test_merge_changes_the_base_in_place_without_a_second_copy(tmp_path, monkeypatch):
+    """merge.merge loads one base, and the merged model *is* that base with its tensors updated in place."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragcourse import models
+
+    cfg = load_config("cpu-smoke")
+    tok = models.load_tokenizer(cfg)
+    peft_model = get_peft_model(models.load_causal_lm(cfg, quantize=False),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    del peft_model
+    loaded, fresh_base = [], merge.fresh_base
+    monkeypatch.setattr(merge, "fresh_base", lambda *a, **k: loaded.append(fresh_base(*a, **k)) or loaded[-1])
+    merged, _ = merge.merge(cfg, tok, ["Vellmark builds heat pumps."], tmp_path / "adapter")
+    assert len(loaded) == 1 and merged is loaded[0]
+    params = list(merged.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)  # every weight once, no copies
+
+
+@pytest.mark.slow
+def test_evaluation_holds_one_model_at_a_time(smoke):
+    """four_way_answers frees the tuned model before it loads the base: never two sets of weights at once."""
+    import weakref
+
+    from ragcourse import evaluate
+
+    alive: list[weakref.ref] = []
+    loaders = evaluate.evaluated_models(smoke)
+
+    def tracked(name):
+        def load():
+            assert all(ref() is None for ref in alive), "the previous model is still in memory"
+            model, tokenizer = loaders[name]()
+            alive.append(weakref.ref(model))
+            return model, tokenizer
+        return load
+
+    examples = evaluate.test_examples(smoke)[:2]
+    rows = evaluate.four_way_answers(smoke, examples, lambda q: [], {n: tracked(n) for n in ("tuned", "base")})
+    assert len(rows) == 4 * len(examples) and len(alive) == 2 and alive[-1]() is None
