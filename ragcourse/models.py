@@ -90,10 +90,12 @@ def convert_smollm2(target: Path) -> Path:
         (tmp / "ragcourse-source.json").write_text(
             json.dumps({"source": str(gguf), "size": gguf.stat().st_size, "converted_at": time.time()}, indent=2)
         )
-        if target.exists():  # another process finished first: keep theirs
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, target)
+        except OSError:  # another process finished first (the rename met its non-empty folder): keep theirs
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

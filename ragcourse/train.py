@@ -375,7 +375,9 @@ def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
     output_dir = Path(trainer.args.output_dir)
     checkpoint = None
     if resume:
-        set_aside_incomplete_checkpoints(output_dir)
+        if trainer.is_world_process_zero():  # one process renames; the others would race it for the same folders
+            set_aside_incomplete_checkpoints(output_dir)
+        trainer.accelerator.wait_for_everyone()
         checkpoint = last_checkpoint(output_dir)
         if checkpoint is not None:
             try:
