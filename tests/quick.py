@@ -10,7 +10,8 @@ from ragcourse.config import CourseConfig, load_config
 QUICK = {
     "data": {"max_train_examples": 24, "max_eval_examples": 4},
     "training": {"max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1, "save_total_limit": 5},
-    "evaluation": {"max_questions": 4, "judge_samples": 0},
+    "evaluation": {"max_questions": 3, "judge_samples": 0},
+    "model": {"max_new_tokens": 32},
 }
 QUICK_ARGS = [f"{section}.{key}={value}" for section, values in QUICK.items() for key, value in values.items()]
 
