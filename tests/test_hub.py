@@ -11,9 +11,9 @@ import huggingface_hub
 import pytest
 
 from ragcourse import hub
-from ragcourse.artifacts import hub_repo_id
+from ragcourse.artifacts import hub_repo_id, restore_prebuilt
 from ragcourse.cli import main
-from ragcourse.config import load_config
+from ragcourse.config import load_config, resolve_path
 
 TOKEN = "hf_test_token_never_printed"
 
@@ -92,9 +92,11 @@ def test_prebuilt_accepts_a_hub_repository(tmp_path, fake_hub):
     _build(_cfg(tmp_path, "instructor"), "index")
     hub.push(_cfg(tmp_path, "instructor"), "index", "teacher/course-prebuilt")
     cfg = _cfg(tmp_path, "learner", prebuilt="hf://teacher/course-prebuilt")
-    index = cfg.artifact_dir("index")  # missing here: restored from the Hub, as from a folder or archive
+    source = resolve_path(cfg.paths.prebuilt)  # what the caller of restore_prebuilt passes (config / pipeline.ensure)
+    index = cfg.output_dir / "index"
+    assert restore_prebuilt(source, "index", index, cfg.preset)  # as from a folder or an archive
     assert json.loads((index / "manifest.json").read_text()) == {"step": "index"}
-    assert not (cfg.artifact_dir("dataset") / "manifest.json").exists()  # not on the Hub: built as usual
+    assert not restore_prebuilt(source, "dataset", cfg.output_dir / "dataset", cfg.preset)  # not there: built as usual
 
 
 def test_hub_repo_ids_survive_the_config_path_resolution(tmp_path):
