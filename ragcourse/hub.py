@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifacts import HUB_PREFIX, MANIFEST, restore_prebuilt
+from .artifacts import STEPS as ARTIFACT_STEPS
 from .config import CourseConfig
 from .env import secret
 
-STEPS = ("dataset", "adapter", "merged", "index")
+STEPS = tuple(step for step in ARTIFACT_STEPS if step != "eval")  # what is worth sharing: not a report
 TOKEN = "HF_TOKEN"
 
 
