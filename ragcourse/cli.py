@@ -105,14 +105,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The merged model behind ``transformers serve`` on loopback (notebook 07); the vLLM commands for a GPU."""
+    """The merged model behind ``transformers serve`` on loopback (notebook 05, section 10); the vLLM commands for a GPU."""
     from . import pipeline, serve
     from .merge import rule_adapter_dir
 
     cfg = _start(args)
-    pipeline.ensure(cfg, "merged")
+    if not args.print_only:
+        pipeline.ensure(cfg, "merged")   # current, or merged again (and trained first) when stale
     port = args.port or serve.free_port(args.host)
-    print("transformers serve (this machine, CPU or GPU):\n  " + serve.shell(serve.serve_command(cfg, args.host, port)))
+    merged = cfg.artifact_dir("merged").resolve()
+    print("transformers serve (this machine, CPU or GPU):\n  " + serve.shell(serve.serve_command(cfg, args.host, port, merged)))
     adapters = {f"fsr7-{v}": rule_adapter_dir(cfg, v) for v in ("v1", "v2")}
     print("vLLM (GPU), the merged model:\n  " + serve.shell(serve.vllm_command(cfg)))
     print("vLLM (GPU), notebook 04's rule adapters on one base (a request picks one with model=fsr7-v1 or fsr7-v2):\n  "
@@ -211,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--judge-samples", type=int, default=None, help="LLM-judge samples (default: evaluation.judge_samples)")
     p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("serve", help="serve the merged model with transformers serve on loopback (notebook 07); "
+    p = sub.add_parser("serve", help="serve the merged model with transformers serve on loopback (notebook 05); "
                                      "prints the vLLM commands for a GPU")
     _config_args(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")

@@ -14,7 +14,7 @@ too, and decodes greedily with ``generate_kwargs={"do_sample": False}``, but it 
 ``add_special_tokens`` on (a second BOS for templates that already write one), generates one prompt at a time, keeps
 no prompt to show, and can neither switch a ``PeftModel``'s adapter off (base vs tuned on one copy of the weights)
 nor score an answer's likelihood: notebooks 05 and 06 need all four. A *server* is the other way to run the model
-(``ragcourse.serve``, notebook 07): ``query_engine`` takes LlamaIndex's ``OpenAILike`` on it just the same.
+(``ragcourse.serve``, notebook 05, section 10): ``query_engine`` takes LlamaIndex's ``OpenAILike`` on it just the same.
 """
 
 from __future__ import annotations

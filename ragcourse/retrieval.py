@@ -184,6 +184,18 @@ def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig
                             show_progress=show_progress)
 
 
+def stored_nodes(index: "VectorStoreIndex") -> list["BaseNode"]:
+    """The index's chunks with the vectors its store holds (notebook 05, section 1): to fill another vector store
+    with the very same index, without embedding every chunk again."""
+    store = index.vector_store
+    out = []
+    for node in index.docstore.docs.values():
+        copy = node.model_copy()
+        copy.embedding = store.get(node.node_id)
+        out.append(copy)
+    return out
+
+
 def save_index(index: "VectorStoreIndex", cfg: CourseConfig, target: Path | None = None) -> Path:
     """Persist ``index`` to ``outputs/<preset>/index``, atomically, with its manifest (notebook 05, section 1)."""
     from .artifacts import atomic_dir, write_manifest

@@ -1,4 +1,4 @@
-"""Serve the merged model behind an OpenAI-compatible API, and query it from LlamaIndex (notebook 07).
+"""Serve the merged model behind an OpenAI-compatible API, and query it from LlamaIndex (notebook 05, section 10).
 
 Production runs the model in a server, not in the notebook's process. Two servers speak the same OpenAI API
 (``/v1/chat/completions``, ``/v1/models``):
@@ -69,7 +69,7 @@ def served_model_path(cfg: CourseConfig) -> Path:
 
 def serve_command(cfg: CourseConfig, host: str = "127.0.0.1", port: int = 8000,
                   model_path: Path | None = None) -> list[str]:
-    """``transformers serve`` for the merged model, loaded as the course loads it in-process (notebook 07, section 1).
+    """``transformers serve`` for the merged model, loaded as the course loads it in-process (notebook 05, section 10).
 
     The model is preloaded (a positional model pins the server to it); dtype and attention implementation are
     those of ``models.load_causal_lm``, so the server computes the same logits as the notebook.
@@ -86,7 +86,7 @@ def serve_command(cfg: CourseConfig, host: str = "127.0.0.1", port: int = 8000,
 
 
 def vllm_command(cfg: CourseConfig, adapters: Mapping[str, str | Path] | None = None, port: int = 8000) -> list[str]:
-    """The equivalent vLLM command for a GPU preset (notebook 07, section 4), printed, not run here.
+    """The equivalent vLLM command for a GPU preset (notebook 05, section 10), printed, not run here.
 
     Without ``adapters`` it serves the merged folder. With ``adapters`` ({name: folder}, e.g. notebook 04's
     ``v1``/``v2`` rule adapters) it serves the **base** model with vLLM's multi-LoRA support: each adapter was
@@ -198,7 +198,7 @@ def server_env(threads: int | None = None) -> dict[str, str]:
 def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 180.0,
                  log_path: Path | None = None, threads: int | None = None) -> Server:
     """Start ``transformers serve`` with the merged model on ``host`` (loopback by default) and a free port, and wait
-    until it answers (notebook 07, section 2). Stop it with ``server.stop()`` or a ``with`` block."""
+    until it answers (notebook 05, section 10). Stop it with ``server.stop()`` or a ``with`` block."""
     if not serving_available():
         raise ServerError(SERVE_HELP)
     port = port or free_port(host)
@@ -227,7 +227,7 @@ def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = 
 
 def served_llm(base_url: str, model: str, cfg: CourseConfig, timeout_s: float = 300.0):
     """LlamaIndex's ``OpenAILike`` on an OpenAI-compatible server: a chat model, greedy (``temperature=0``), the
-    preset's ``max_new_tokens`` (notebook 07, section 3). Pass it to ``rag.query_engine`` like the in-process LLM."""
+    preset's ``max_new_tokens`` (notebook 05, section 10). Pass it to ``rag.query_engine`` like the in-process LLM."""
     try:
         from llama_index.llms.openai_like import OpenAILike
     except ImportError as exc:

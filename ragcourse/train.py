@@ -76,7 +76,7 @@ def optimizer_name(cfg: CourseConfig, hw: Hardware) -> str:
 
 
 def tracker(cfg: CourseConfig) -> str:
-    """``training.report_to`` checked before training starts (notebook 03, "Watch it train"): ``none`` or an
+    """``training.report_to`` checked before training starts (notebook 03, section 6): ``none`` or an
     installed tracker. TensorBoard writes event files to ``<checkpoints>/runs/``: ``tensorboard --logdir`` there."""
     import importlib.util
 

@@ -1,4 +1,4 @@
-"""ragcourse.serve (notebook 07): the merged model behind ``transformers serve`` on loopback, queried from LlamaIndex.
+"""ragcourse.serve (notebook 05, section 10): the merged model behind ``transformers serve`` on loopback, queried from LlamaIndex.
 
 The server is a real ``transformers serve`` process with the cpu-smoke merged model. The fixture stops it (its
 whole process group) whatever the tests do, and checks that nothing of it is left.

@@ -69,9 +69,11 @@ def test_embedded_qdrant_builds_persists_reloads_and_ranks_like_the_default_stor
     assert [h.node.node_id for h in hybrid.retrieve(questions[0])] == \
            [h.node.node_id for h in default_hybrid.retrieve(questions[0])]
 
-    # A rebuild replaces the collection instead of adding a second copy of every vector.
-    retrieval.build_index(nodes, embed_model, cfg)
+    # A rebuild replaces the collection instead of adding a second copy of every vector; the default index's own
+    # vectors (stored_nodes) fill it without embedding again, and rank the same.
+    rebuilt = retrieval.build_index(retrieval.stored_nodes(simple), embed_model, cfg)
     assert client.count("ragcourse-cpu-smoke").count == len(nodes)
+    assert _top_ids(rebuilt, cfg, questions) == expected
 
     # Vectors gone (collection dropped) while the docstore stays: reloading says how to rebuild.
     client.delete_collection("ragcourse-cpu-smoke")
