@@ -157,6 +157,7 @@ class RagConfig:
     """Retrieval and the query engine (notebook 05)."""
 
     vector_store: str = "simple"  # "simple" (no server) | "qdrant"
+    # qdrant: a server URL (http://host:6333, the default) or a folder (Qdrant's embedded mode: no server, one process)
     vector_store_url: str | None = None
     retriever: str = "hybrid"  # "dense" | "bm25" | "hybrid"
     similarity_top_k: int = 4

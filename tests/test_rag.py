@@ -69,9 +69,11 @@ def test_persisted_index_reloads_and_answers_identically(cfg, embed_model, persi
     assert first.response and first.response == second.response
 
 
-def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm):
+def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm, monkeypatch):
     from llama_index.core import Settings
 
+    for name in [n for n in sys.modules if n.startswith("llama_index.llms.openai")]:
+        monkeypatch.delitem(sys.modules, name)  # test_serve's OpenAILike may have loaded it: watch for a new import
     retrieval.configure_llamaindex(cfg, llm=llm, embed_model=embed_model)
     assert Settings.llm is llm and Settings.embed_model is embed_model
     assert Settings.llm.metadata.is_chat_model
