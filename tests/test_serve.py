@@ -108,3 +108,23 @@ def smoke_free_cfg(tmp_path):
     cfg.artifact_dir("merged").mkdir(parents=True)
     (cfg.artifact_dir("merged") / "model.safetensors").write_bytes(b"")
     return cfg
+
+
+def test_a_server_that_cannot_load_the_model_fails_with_its_log(smoke_free_cfg, tmp_path):
+    """A folder that is no model: the server process exits, the error quotes its log, and nothing is left running."""
+    if not serve.serving_available():
+        pytest.skip(serve.SERVE_HELP)
+    with pytest.raises(serve.ServerError, match="exited with code") as err:
+        serve.start_server(smoke_free_cfg, threads=1, timeout_s=300, log_path=tmp_path / "server.log")
+    assert str(tmp_path / "server.log") in str(err.value)
+
+
+def test_cli_prints_the_commands_without_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ragcourse.cli", "serve", "--preset", "cpu-smoke", "--print",
+                          "--set", f"paths.output_root={tmp_path}"], capture_output=True, text=True, check=True).stdout
+    assert "transformers serve " in out and "--host 127.0.0.1" in out
+    assert "vllm serve " in out and "--enable-lora" in out and "fsr7-v2=" in out
+    assert not (tmp_path / "cpu-smoke" / "merged").exists()  # --print built nothing
