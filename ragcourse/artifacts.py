@@ -157,7 +157,7 @@ def _settings(cfg: CourseConfig, step: str) -> dict[str, Any]:
                                 "rerank_model": cfg.rag.rerank_model if rerank else None}}
     if step == "adapter":
         return {"model": _pick(cfg.model, ("max_new_tokens", "system_prompt")), "lora": _pick(cfg.lora),
-                "quantization": _pick(cfg.quantization), "training": _pick(cfg.training, ("torch_threads",))}
+                "quantization": _pick(cfg.quantization), "training": _pick(cfg.training, ("torch_threads", "report_to"))}
     if step == "merged":
         return {"torch_dtype": cfg.model.torch_dtype}
     if step == "index":

@@ -104,6 +104,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The merged model behind ``transformers serve`` on loopback (notebook 05, section 10); the vLLM commands for a GPU."""
+    from . import pipeline, serve
+    from .merge import rule_adapter_dir
+
+    cfg = _start(args)
+    if not args.print_only:
+        pipeline.ensure(cfg, "merged")   # current, or merged again (and trained first) when stale
+    port = args.port or serve.free_port(args.host)
+    merged = cfg.artifact_dir("merged").resolve()
+    print("transformers serve (this machine, CPU or GPU):\n  " + serve.shell(serve.serve_command(cfg, args.host, port, merged)))
+    adapters = {f"fsr7-{v}": rule_adapter_dir(cfg, v) for v in ("v1", "v2")}
+    print("vLLM (GPU), the merged model:\n  " + serve.shell(serve.vllm_command(cfg)))
+    print("vLLM (GPU), notebook 04's rule adapters on one base (a request picks one with model=fsr7-v1 or fsr7-v2):\n  "
+          + serve.shell(serve.vllm_command(cfg, adapters)))
+    if args.print_only:
+        return 0
+    server = serve.start_server(cfg, args.host, port, timeout_s=args.timeout)
+    print(f"serving {server.model} at {server.base_url} (ready in {server.started_s:.0f} s; log {server.log_path}); "
+          f"Ctrl-C stops it.\nLlamaIndex: serve.served_llm({server.base_url!r}, {server.model!r}, cfg)", flush=True)
+    try:
+        return server.process.wait() or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from . import pipeline
 
@@ -244,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--judge-samples", type=int, default=None, help="LLM-judge samples (default: evaluation.judge_samples)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("serve", help="serve the merged model with transformers serve on loopback (notebook 05); "
+                                     "prints the vLLM commands for a GPU")
+    _config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to answer")
+    p.add_argument("--print", dest="print_only", action="store_true", help="print the commands, start nothing")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("status", help="each artifact: current, or why it would be rebuilt (builds nothing)")
     _config_args(p)
     p.set_defaults(func=cmd_status)
@@ -285,10 +321,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .errors import DataError
     from .models import ModelNotAvailable
     from .retrieval import VectorStoreUnavailable
+    from .serve import ServerError
     from .train import ResumeRefused
 
-    return (ConfigError, DataError, ModelNotAvailable, VectorStoreUnavailable, ResumeRefused, FileNotFoundError,
-            PermissionError)
+    return (ConfigError, DataError, ModelNotAvailable, VectorStoreUnavailable, ServerError, ResumeRefused,
+            FileNotFoundError, PermissionError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -147,6 +147,9 @@ class TrainingConfig:
     seed: int = 42
     # Torch intra-op threads; null keeps torch's default.
     torch_threads: int | None = None
+    # Where the Trainer logs losses, learning rate and evaluation (TRL's own ``report_to``): none, or a tracker.
+    # tensorboard, trackio and mlflow write local files offline; wandb too with WANDB_MODE=offline (notebook 03).
+    report_to: str = "none"
 
 
 @dataclass
@@ -154,6 +157,7 @@ class RagConfig:
     """Retrieval and the query engine (notebook 05)."""
 
     vector_store: str = "simple"  # "simple" (no server) | "qdrant"
+    # qdrant: a server URL (http://host:6333, the default) or a folder (Qdrant's embedded mode: no server, one process)
     vector_store_url: str | None = None
     retriever: str = "hybrid"  # "dense" | "bm25" | "hybrid"
     similarity_top_k: int = 4
@@ -391,6 +395,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
                                    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
                                    "cosine_warmup_with_min_lr", "warmup_stable_decay"),
     "data.target_style": TARGET_STYLES,
+    "training.report_to": ("none", "tensorboard", "trackio", "wandb", "mlflow"),
     "rag.retriever": ("dense", "bm25", "hybrid"),
     "rag.vector_store": ("simple", "qdrant"),
 }

@@ -206,6 +206,11 @@ def rule_examples(changes: Sequence[dict[str, str]], version: str, system_prompt
     return out
 
 
+def rule_adapter_dir(cfg: CourseConfig, version: str) -> Path:
+    """Where notebook 04, section 5 saves the adapter for one version of the FSR-7 rules (``v1``, ``v2``)."""
+    return cfg.output_dir / "adapters" / f"fsr7-{version}"
+
+
 def train_rule_adapter(cfg: CourseConfig, examples: list[dict[str, Any]], target: Path, steps: int = 30) -> Path:
     """A small adapter that memorises one version of the rules (closed book): a module you can swap, not a new base."""
     import copy

@@ -8,6 +8,13 @@ Three things decide whether the fine-tuned model is used well:
   (``prompts.user_prompt`` with numbered passages, ``model.system_prompt``): LlamaIndex's default QA template is a
   different prompt, and a fine-tuned model queried with it silently loses much of what it learned;
 * LlamaIndex's global ``Settings`` get our embedding model and LLM explicitly, so nothing falls back to OpenAI.
+
+Why ``CourseLLM`` rather than ``llama_index.llms.huggingface.HuggingFaceLLM``: that class applies the chat template
+too, and decodes greedily with ``generate_kwargs={"do_sample": False}``, but it re-tokenizes the templated prompt with
+``add_special_tokens`` on (a second BOS for templates that already write one), generates one prompt at a time, keeps
+no prompt to show, and can neither switch a ``PeftModel``'s adapter off (base vs tuned on one copy of the weights)
+nor score an answer's likelihood: notebooks 05 and 06 need all four. A *server* is the other way to run the model
+(``ragcourse.serve``, notebook 05, section 10): ``query_engine`` takes LlamaIndex's ``OpenAILike`` on it just the same.
 """
 
 from __future__ import annotations
@@ -284,8 +291,10 @@ def _query_engine_class() -> type:
             """Answer from given nodes (no retrieval): used to test what the model does with a poisoned passage."""
             messages = self.messages_for(question, nodes)
             reply = self.llm.chat([ChatMessage(role=m["role"], content=m["content"]) for m in messages])
-            return Response(response=reply.message.content, source_nodes=list(nodes),
-                            metadata={"messages": messages, "prompt": reply.raw["prompt"]})
+            # CourseLLM returns the templated prompt; a served model's template is applied by the server (no prompt here).
+            prompt = reply.raw.get("prompt") if isinstance(reply.raw, Mapping) else None
+            return Response(response=(reply.message.content or "").strip(), source_nodes=list(nodes),
+                            metadata={"messages": messages, "prompt": prompt})
 
         def custom_query(self, query_str: str) -> Response:
             return self.answer_with(query_str, self.retriever.retrieve(query_str))
@@ -330,9 +339,13 @@ def context_nodes(row: Mapping[str, Any], index: "VectorStoreIndex") -> list["No
 
 
 def query_many(engine: Any, questions: Sequence[str], batch_size: int = 8) -> list[Any]:
-    """``engine.query`` for many questions at once: the same prompts, generated in batches (faster on any device)."""
+    """``engine.query`` for many questions at once: the same prompts, generated in batches (faster on any device).
+
+    An LLM that cannot batch here (a served model, ``serve.served_llm``) answers one question at a time."""
     from llama_index.core.base.response.schema import Response
 
+    if not hasattr(engine.llm, "generate"):
+        return [engine.query(q) for q in questions]
     nodes = [engine.retriever.retrieve(q) for q in questions]
     messages = [engine.messages_for(q, n) for q, n in zip(questions, nodes)]
     templated = [engine.llm.template(m) for m in messages]

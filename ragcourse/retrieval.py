@@ -7,6 +7,8 @@ the dataset was built from (``data.corpus_chunks``), so the passages at question
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -54,10 +56,12 @@ def configure_llamaindex(cfg: CourseConfig, llm: Any | None = None, embed_model:
 QDRANT_COLLECTION = "ragcourse"
 QDRANT_HELP = (
     "rag.vector_store: qdrant needs the Qdrant client and LlamaIndex's Qdrant integration:\n"
-    "    pip install qdrant-client llama-index-vector-stores-qdrant\n"
-    "and a running Qdrant server, for example with Docker:\n"
+    "    pip install qdrant-client llama-index-vector-stores-qdrant   (or: pip install 'ragcourse[qdrant]')\n"
+    "then either a local folder, which needs no server (Qdrant's embedded mode, one process at a time):\n"
+    "    rag.vector_store_url: outputs/qdrant\n"
+    "or a running Qdrant server, for example with Docker:\n"
     "    docker run -d -p 6333:6333 -v \"$PWD/qdrant_storage:/qdrant/storage\" qdrant/qdrant\n"
-    "then set rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs no server)."
+    "and rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs neither)."
 )
 
 
@@ -68,27 +72,104 @@ class VectorStoreUnavailable(RuntimeError):
 # -- 1. the index: same chunks as the dataset, persisted and reloaded ------------------------------------------
 
 
-def vector_store(cfg: CourseConfig) -> Any:
-    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a ``QdrantVectorStore``.
+def is_server_url(location: str) -> bool:
+    """``rag.vector_store_url``: a server when it is an http(s) URL, else a local folder (embedded mode)."""
+    return location.startswith(("http://", "https://"))
 
-    The Qdrant client is imported only here: the course does not install it (see ``QDRANT_HELP``).
+
+def qdrant_location(cfg: CourseConfig) -> str:
+    """Where the Qdrant collection lives: the server URL, or the embedded store's folder (relative to the project)."""
+    from .config import resolve_path
+
+    location = cfg.rag.vector_store_url or "http://localhost:6333"
+    return location if is_server_url(location) else str(resolve_path(location))
+
+
+@functools.lru_cache(maxsize=None)
+def open_qdrant(location: str) -> Any:
+    """One ``QdrantClient`` per location in this process: ``url=`` for a server, ``path=`` for the embedded on-disk
+    mode (same API, no server). An embedded folder is locked by the client that opened it, so it is opened once; it
+    commits every point in its own SQLite transaction (about 10 ms per vector on the course's 2-core machine), so it
+    suits the sample corpus and tests, and a server suits 100k+ chunks."""
+    try:
+        import qdrant_client as qc
+        from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: F401  (fail here, not at first use)
+    except ImportError as exc:
+        raise VectorStoreUnavailable(f"{QDRANT_HELP}\n(import failed: {exc})") from None
+    if not is_server_url(location):
+        try:
+            client = qc.QdrantClient(path=location)
+            atexit.register(client.close)  # release the folder's lock before the interpreter tears modules down
+            return client
+        except RuntimeError as exc:  # "Storage folder ... is already accessed by another instance of Qdrant client"
+            raise VectorStoreUnavailable(f"The embedded Qdrant folder {location} is open in another process ({exc}); "
+                                         "close that process, or use a Qdrant server URL for shared access.") from None
+    client = qc.QdrantClient(url=location)
+    try:
+        client.get_collections()
+    except Exception as exc:  # the client raises several transport errors; all mean "no server there"
+        raise VectorStoreUnavailable(f"No Qdrant server answers at {location} ({exc}).\n{QDRANT_HELP}") from None
+    return client
+
+
+def qdrant_point_id(node_id: str) -> str:
+    """Qdrant takes only UUIDs or integers as point ids: a chunk id (``fsr-7.md#003``) becomes a stable UUID. The chunk
+    id itself travels in the point's payload, so retrieved nodes keep the ids the dataset and the docstore use."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ragcourse-chunk:{node_id}"))
+
+
+@functools.lru_cache(maxsize=None)
+def _qdrant_store_class() -> type:
+    from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+    def point_ids(node_ids: Sequence[str] | None) -> list[str] | None:
+        return None if node_ids is None else [qdrant_point_id(n) for n in node_ids]
+
+    class CourseQdrantStore(QdrantVectorStore):
+        """LlamaIndex's Qdrant store with the course's chunk ids mapped to UUID point ids (:func:`qdrant_point_id`),
+        wherever ids go to Qdrant: writing points, the retriever's "only this index's nodes" filter, get and delete."""
+
+        def _build_points(self, nodes: Any, sparse_vector_name: str) -> tuple[list[Any], list[str]]:
+            points, ids = super()._build_points(nodes, sparse_vector_name)
+            for point in points:
+                point.id = qdrant_point_id(str(point.id))
+            return points, ids
+
+        def _build_query_filter(self, query: Any) -> Any:
+            return super()._build_query_filter(dataclasses.replace(query, node_ids=point_ids(query.node_ids)))
+
+        def get_nodes(self, node_ids: list[str] | None = None, **kwargs: Any) -> Any:
+            return super().get_nodes(node_ids=point_ids(node_ids), **kwargs)
+
+        async def aget_nodes(self, node_ids: list[str] | None = None, **kwargs: Any) -> Any:
+            return await super().aget_nodes(node_ids=point_ids(node_ids), **kwargs)
+
+        def delete_nodes(self, node_ids: list[str] | None = None, **kwargs: Any) -> None:
+            return super().delete_nodes(node_ids=point_ids(node_ids), **kwargs)
+
+        async def adelete_nodes(self, node_ids: list[str] | None = None, **kwargs: Any) -> None:
+            return await super().adelete_nodes(node_ids=point_ids(node_ids), **kwargs)
+
+    return CourseQdrantStore
+
+
+def vector_store(cfg: CourseConfig, fresh: bool = False) -> Any:
+    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a Qdrant store (notebook 05).
+
+    ``rag.vector_store_url`` is a server URL or a local folder (embedded mode). ``fresh`` drops the collection first,
+    so a rebuilt index never keeps the vectors of the last one. The Qdrant client is imported only here.
     """
     if cfg.rag.vector_store == "simple":
         return None
     if cfg.rag.vector_store != "qdrant":
         raise VectorStoreUnavailable(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
-    try:
-        import qdrant_client
-        from llama_index.vector_stores.qdrant import QdrantVectorStore
-    except ImportError as exc:
-        raise VectorStoreUnavailable(f"{QDRANT_HELP}\n(import failed: {exc})") from None
-    url = cfg.rag.vector_store_url or "http://localhost:6333"
-    client = qdrant_client.QdrantClient(url=url)
-    try:
-        client.get_collections()
-    except Exception as exc:  # the client raises several transport errors; all mean "no server there"
-        raise VectorStoreUnavailable(f"No Qdrant server answers at {url} ({exc}).\n{QDRANT_HELP}") from None
-    return QdrantVectorStore(client=client, collection_name=f"{QDRANT_COLLECTION}-{cfg.preset}")
+    client = open_qdrant(qdrant_location(cfg))
+    name = f"{QDRANT_COLLECTION}-{cfg.preset}"
+    if fresh and client.collection_exists(name):
+        client.delete_collection(name)
+    return _qdrant_store_class()(client=client, collection_name=name)
 
 
 def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig | None = None,
@@ -99,10 +180,22 @@ def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig
     """
     from llama_index.core import StorageContext, VectorStoreIndex
 
-    store = vector_store(cfg) if cfg is not None else None
+    store = vector_store(cfg, fresh=True) if cfg is not None else None
     storage = StorageContext.from_defaults(vector_store=store) if store is not None else None
     return VectorStoreIndex(list(nodes), embed_model=embed_model, storage_context=storage, store_nodes_override=True,
                             show_progress=show_progress)
+
+
+def stored_nodes(index: "VectorStoreIndex") -> list["BaseNode"]:
+    """The index's chunks with the vectors its store holds (notebook 05, section 1): to fill another vector store
+    with the very same index, without embedding every chunk again."""
+    store = index.vector_store
+    out = []
+    for node in index.docstore.docs.values():
+        copy = node.model_copy()
+        copy.embedding = store.get(node.node_id)
+        out.append(copy)
+    return out
 
 
 def save_index(index: "VectorStoreIndex", cfg: CourseConfig, target: Path | None = None) -> Path:
@@ -124,7 +217,14 @@ def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = N
     store = vector_store(cfg)
     kwargs = {"vector_store": store} if store is not None else {}
     storage = StorageContext.from_defaults(persist_dir=str(path), **kwargs)
-    return load_index_from_storage(storage, embed_model=embed_model or embedding_model(cfg))
+    index = load_index_from_storage(storage, embed_model=embed_model or embedding_model(cfg))
+    if store is not None:
+        stored = store.client.count(store.collection_name).count if store.client.collection_exists(store.collection_name) else 0
+        if stored != len(index.docstore.docs):
+            raise VectorStoreUnavailable(
+                f"The Qdrant collection {store.collection_name} at {qdrant_location(cfg)} holds {stored} vectors, the "
+                f"index at {path} {len(index.docstore.docs)} chunks; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
+    return index
 
 
 def configured_kind(cfg: CourseConfig) -> str:

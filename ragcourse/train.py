@@ -75,6 +75,20 @@ def optimizer_name(cfg: CourseConfig, hw: Hardware) -> str:
     return "paged_adamw_8bit" if hw.device == "cuda" else "adamw_torch"
 
 
+def tracker(cfg: CourseConfig) -> str:
+    """``training.report_to`` checked before training starts (notebook 03, section 6): ``none`` or an
+    installed tracker. TensorBoard writes event files to ``<checkpoints>/runs/``: ``tensorboard --logdir`` there."""
+    import importlib.util
+
+    from .config import ConfigError
+
+    name = cfg.training.report_to
+    if name != "none" and importlib.util.find_spec(name) is None:  # each tracker's module is named as its package
+        raise ConfigError(f"training.report_to: {name} is not installed: pip install {name} "
+                          "(or set training.report_to: none).")
+    return name
+
+
 def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None, **overrides: Any):
     """``trl.SFTConfig`` from the course config: precision from the hardware, evaluation/early stopping, checkpoints."""
     from trl import SFTConfig
@@ -113,7 +127,7 @@ def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = 
         greater_is_better=False,
         seed=t.seed,
         data_seed=t.seed,
-        report_to="none",
+        report_to=tracker(cfg),
         disable_tqdm=False,
         dataloader_num_workers=0,
     )

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"lora", "memory", "recipe", "rehearsal"},   # LoRA sizing, memory plan, recipe checks, CPU stand-ins of GPU presets
     {"train"},
     {"merge"},
-    {"rag"},                # serving: our model behind LlamaIndex
+    {"rag", "serve"},       # our model behind LlamaIndex, in-process or behind an OpenAI-compatible server
     {"evaluate"},
     {"pipeline"},
     {"workshop", "nbrun", "prose", "cli"},

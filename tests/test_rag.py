@@ -69,9 +69,11 @@ def test_persisted_index_reloads_and_answers_identically(cfg, embed_model, persi
     assert first.response and first.response == second.response
 
 
-def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm):
+def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm, monkeypatch):
     from llama_index.core import Settings
 
+    for name in [n for n in sys.modules if n.startswith("llama_index.llms.openai")]:
+        monkeypatch.delitem(sys.modules, name)  # test_serve's OpenAILike may have loaded it: watch for a new import
     retrieval.configure_llamaindex(cfg, llm=llm, embed_model=embed_model)
     assert Settings.llm is llm and Settings.embed_model is embed_model
     assert Settings.llm.metadata.is_chat_model
@@ -208,12 +210,12 @@ def test_rerank_settings_are_checked_and_change_the_dataset():
     with pytest.raises(ConfigError, match="rag.rerank_model"):
         load_config("cpu-smoke", rag={"rerank": True})
     with pytest.raises(ConfigError, match="rerank_candidates"):
-        load_config("cpu-smoke", rag={"rerank": True, "rerank_model": "x", "rerank_candidates": 2})
+        load_config("cpu-smoke", rag={"rerank": True, "rerank_model": "owner/x", "rerank_candidates": 2})
     with pytest.raises(ValueError, match="dense, bm25 or hybrid"):
         retrieval.make_retriever(None, load_config("cpu-smoke"), "hybrid+colbert")
     assert load_config("colab-t4").rag.rerank and "rag.rerank is off" in retrieval.describe_retrieval(load_config("cpu-smoke"))
     # The distractors of notebook 01 are ranked by the serving retriever, so turning the reranker on rebuilds the data;
     # a reranker model that is switched off does not.
     settings = lambda **rag_: fingerprint(load_config("cpu-smoke", rag=rag_), "dataset")["settings"]
-    assert settings() != settings(rerank=True, rerank_model="m")
-    assert settings() == settings(rerank_model="m")
+    assert settings() != settings(rerank=True, rerank_model="owner/m")
+    assert settings() == settings(rerank_model="owner/m")

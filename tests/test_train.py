@@ -187,3 +187,44 @@ def test_a_real_trainer_stops_at_the_first_nan_loss(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="training loss is nan at step 1"):
         trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_report_to_tensorboard_writes_event_files_offline(tmp_path):
+    """``training.report_to: tensorboard`` reaches SFTConfig; a 2-step run writes TensorBoard event files locally."""
+    pytest.importorskip("tensorboard", reason="pip install 'ragcourse[tracking]'")
+    import torch
+    from datasets import Dataset
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer
+
+    from ragcourse.hardware import Hardware
+
+    cfg = load_config("cpu-smoke", training={"report_to": "tensorboard", "max_steps": 2, "logging_steps": 1})
+    assert load_config("cpu-smoke").training.report_to == "none"
+    cpu = Hardware("cpu", None, None, False, None, None, 2, 2, 24.0, False)
+    args = train.sft_config(cfg, tmp_path, hw=cpu, eval_strategy="no", save_strategy="no",
+                            load_best_model_at_end=False, disable_tqdm=True)
+    assert args.report_to == ["tensorboard"]
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 8
+    Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids})).train()
+    events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    assert events, f"no event files under {tmp_path / 'runs'}"
+    scalars = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in scalars and "train/learning_rate" in scalars
+
+
+def test_report_to_names_the_install_when_the_tracker_is_missing(monkeypatch):
+    from ragcourse.config import ConfigError
+
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install trackio"):
+        train.tracker(load_config("cpu-smoke", training={"report_to": "trackio"}))
+    with pytest.raises(ConfigError, match="training.report_to"):
+        load_config("cpu-smoke", training={"report_to": "tensorbord"})
