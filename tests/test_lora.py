@@ -144,7 +144,16 @@ def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_
     exec(_notebook_03_lora_lines(), namespace)  # noqa: S102  (the notebook's own lines)
     shown = namespace["lora_config"]
     attached = train.load_model_for_training(cfg).peft_config["default"]  # what `ragcourse train` trains
-    for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "task_type"):
+    for field in ("r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "task_type"):
         assert getattr(shown, field) == getattr(attached, field), field
+    # peft expands "all-linear" into module names (full paths on a 4-bit model) when it attaches: compare the
+    # modules each one adapts.
+    from transformers import AutoConfig
+
+    from ragcourse.models import resolve_model
+
+    arch = AutoConfig.from_pretrained(resolve_model(cfg.model.name, cfg))
+    adapted = {layer.name.rsplit(".", 1)[-1] for layer in lora.adapted_layers(arch, shown.target_modules)}
+    assert adapted and {name.rsplit(".", 1)[-1] for name in attached.target_modules} == adapted
     if targets == "attention":
         assert set(shown.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
