@@ -45,7 +45,7 @@ def test_each_step_names_what_changed(smoke):
     # A change that does not touch an artifact's inputs keeps it current: the generation length is not in the adapter.
     assert artifacts.stale_reason(quick_config(smoke.output_dir.parent, model={"max_new_tokens": 7}), "adapter") is None
     assert "'evaluation' settings changed" in artifacts.stale_reason(
-        quick_config(smoke.output_dir.parent, evaluation={"max_questions": 3}), "eval")
+        quick_config(smoke.output_dir.parent, evaluation={"max_questions": 2}), "eval")
 
 
 def test_a_truncated_manifest_is_rebuilt_with_a_one_line_reason(smoke_copy, capsys):
