@@ -700,12 +700,11 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
 
 def measured_course_peak(preset: str) -> str:
     """The largest whole-notebook peak measured by ``benchmarks/course_run.py`` for ``preset``, or "not measured yet"."""
-    from .config import project_root
+    from .runtime import course_run
 
-    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
-    if not path.is_file():
+    runs = list(course_run(preset).values())
+    if not runs:
         return "not measured yet"
-    runs = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
     top = max(runs, key=lambda r: r["peak_rss_tree_gib"])
     return f"{top['peak_rss_tree_gib']:.1f} GiB RAM (notebook {top['notebook'][:2]})"
 

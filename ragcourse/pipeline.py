@@ -15,7 +15,6 @@ that took on the benchmark machine. Nothing else in the course decides whether a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +23,8 @@ from typing import Any, Callable
 
 from . import data, evaluate, hub, merge, retrieval, train
 from .artifacts import MANIFEST, STEPS, UPSTREAM, restore_prebuilt, stale_reason
-from .config import CourseConfig, project_root, resolve_path
+from .config import CourseConfig, resolve_path
+from .runtime import course_run
 
 
 def _build_adapter(cfg: CourseConfig, resume: bool = False) -> Any:
@@ -57,13 +57,9 @@ assert tuple(REGISTRY) == STEPS
 
 
 def measured_seconds(cfg: CourseConfig, step: str) -> float | None:
-    """How long the notebook that builds ``step`` took, in full, in ``benchmarks/results/course_run_<preset>.json``."""
-    path = project_root() / "benchmarks" / "results" / f"course_run_{cfg.preset}.json"
-    try:
-        runs = json.loads(path.read_text())["notebooks"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return next((r["wall_seconds"] for r in runs if r.get("notebook") == REGISTRY[step].notebook), None)
+    """How long the notebook that builds ``step`` took, in full, in the measured course run (``runtime.course_run``)."""
+    run = course_run(cfg.preset).get(REGISTRY[step].notebook[:2])
+    return run["wall_seconds"] if run else None
 
 
 def expected_time(cfg: CourseConfig, step: str) -> str:

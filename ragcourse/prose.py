@@ -10,24 +10,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .config import available_presets, load_config, project_root
+from .runtime import course_run
 
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
 # The memory-plan phase each notebook runs (notebooks 00–02 load the model and generate, as serving does).
 NOTEBOOK_PHASE = {"00": "serving", "01": "serving", "02": "train", "03": "train", "04": "merge", "05": "serving",
                   "06": "evaluation"}
-
-
-def course_run(preset: str) -> dict[str, dict[str, Any]]:
-    """Per notebook (``"03"``), the measured run in ``benchmarks/results/course_run_<preset>.json`` ({} if none)."""
-    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
-    try:
-        runs = json.loads(path.read_text())["notebooks"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    return {r["notebook"][:2]: r for r in runs if r.get("ok")}
 
 
 def _gib(n_bytes: float) -> str:

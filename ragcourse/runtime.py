@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from .config import CourseConfig, load_config, print_config
+from .config import CourseConfig, load_config, print_config, project_root
 from .env import needs_network, prepare_environment, versions  # noqa: F401  (versions: runtime.versions() in benchmarks)
 
 
@@ -45,3 +46,14 @@ def start(preset: str | None = None, user_config: str | None = None, quiet: bool
 def tested_with() -> str:
     """The "tested with" line printed at the end of every notebook."""
     return "Tested with " + ", ".join(f"{k} {v}" for k, v in versions().items())
+
+
+def course_run(preset: str) -> dict[str, dict[str, Any]]:
+    """The measured whole-course run of ``benchmarks/course_run.py`` (``benchmarks/results/course_run_<preset>.json``):
+    each notebook that ran (key ``"03"``) with its wall time and peak memory; {} when the preset was never measured."""
+    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {r["notebook"][:2]: r for r in runs if r.get("ok")}
