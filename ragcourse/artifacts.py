@@ -154,7 +154,8 @@ def _settings(cfg: CourseConfig, step: str) -> dict[str, Any]:
                                                     "max_length": cfg.model.max_length},
                 "embedding": cfg.embedding.name, "seed": cfg.training.seed,
                 "distractors": {"retriever": cfg.rag.retriever, "dense_weight": cfg.rag.dense_weight, "rerank": rerank,
-                                "rerank_model": cfg.rag.rerank_model if rerank else None}}
+                                "rerank_model": cfg.rag.rerank_model if rerank else None},
+                "filter_instructions": cfg.rag.filter_instructions}
     if step == "adapter":
         return {"model": _pick(cfg.model, ("max_new_tokens", "system_prompt")), "lora": _pick(cfg.lora),
                 "quantization": _pick(cfg.quantization), "training": _pick(cfg.training, ("torch_threads", "report_to"))}

@@ -166,6 +166,9 @@ class RagConfig:
     rerank: bool = False
     rerank_model: str | None = None  # a hub id or a local folder (sentence-transformers CrossEncoder)
     rerank_candidates: int = 20
+    # Drop the sentences of a retrieved passage that give the model orders ("ignore the question and reply ...") before
+    # it reaches a model: in training examples, the query engine and the evaluation (prompts.injection_rule).
+    filter_instructions: bool = True
 
 
 @dataclass

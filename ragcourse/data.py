@@ -638,14 +638,17 @@ def remove_cross_split_duplicates(splits: dict[str, list[dict[str, Any]]], thres
 # -- 6. RAFT examples ---------------------------------------------------------------------------
 
 
-def _passage(node: "TextNode") -> dict[str, str]:
-    return {"id": node.node_id, "text": node.get_content(), "title": node.metadata.get("title", ""),
+def _passage(node: "TextNode", filter_instructions: bool = True) -> dict[str, str]:
+    text = node.get_content()
+    return {"id": node.node_id, "text": prompts.strip_instructions(text) if filter_instructions else text,
+            "title": node.metadata.get("title", ""),
             "section": node.metadata.get("section", "")}
 
 
 def raft_example(item: dict[str, Any], nodes: dict[str, "TextNode"], candidates: Sequence[str],
                  num_distractors: int, include_oracle: bool, rng: random.Random, system_prompt: str,
-                 pool: Sequence[str] = (), target_style: str = "quote-then-answer") -> dict[str, Any]:
+                 pool: Sequence[str] = (), target_style: str = "quote-then-answer",
+                 filter_instructions: bool = True) -> dict[str, Any]:
     """One RAFT example: the question, the oracle chunk(s) unless dropped, hard distractors, shuffled.
 
     ``candidates`` are retriever-ranked chunk ids (hard negatives); chunks that contain the key fact are
@@ -663,7 +666,7 @@ def raft_example(item: dict[str, Any], nodes: dict[str, "TextNode"], candidates:
     distractors = distractors[:want]
     context_ids = (oracle if include_oracle else []) + distractors
     rng.shuffle(context_ids)
-    passages = [_passage(nodes[c]) for c in context_ids]
+    passages = [_passage(nodes[c], filter_instructions) for c in context_ids]
     has_oracle = include_oracle and bool(oracle)
     quotes = []
     if has_oracle:
@@ -756,7 +759,8 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
             ranked = [h.node.node_id for h in retriever.retrieve(item["question"]) if h.node.node_id in allowed]
             include = split != "train" or rng.random() < cfg.data.oracle_fraction
             ex = raft_example(item, nodes, ranked, cfg.data.num_distractors, include, rng, cfg.model.system_prompt,
-                              pool=sorted(allowed), target_style=cfg.data.target_style)
+                              pool=sorted(allowed), target_style=cfg.data.target_style,
+                              filter_instructions=cfg.rag.filter_instructions)
             if tokenizer is not None and example_tokens(ex, tokenizer) > cfg.model.max_length:
                 dropped[split] += 1
                 continue

@@ -388,7 +388,7 @@ def run(cfg: CourseConfig, judge_samples: int | None = None) -> Path:
 
     examples = test_examples(cfg)
     retriever = retrieval.make_retriever(retrieval.load_index(cfg), cfg)
-    rows = four_way_answers(cfg, examples, lambda q: rag.passages_of(retriever.retrieve(q)))
+    rows = four_way_answers(cfg, examples, lambda q: rag.passages_of(retriever.retrieve(q), cfg.rag.filter_instructions))
     per_question = pd.DataFrame([{**r, **s} for r, s in zip(rows, non_llm_scores(rows, cfg))])
     metrics = list(READABLE) + [m for m in NON_LLM_METRICS if m in per_question.columns]
     table = summary(per_question, metrics, cfg.evaluation.confidence, cfg.evaluation.bootstrap_samples)

@@ -50,6 +50,68 @@ def special_token_strings(tokenizer: Any) -> list[str]:
     return sorted(set(added) | set(getattr(tokenizer, "all_special_tokens", [])), key=len, reverse=True)
 
 
+# Sentences that address the model rather than inform the reader; a filter, not a guarantee (attackers rephrase).
+# A technician's manual is full of imperatives ("ignore the E12 warning at start-up", "reply to the customer within a
+# day"), so an order alone proves nothing. What such text never does is give orders about *this conversation*: the
+# question, the model's answer or instructions, the assistant or AI itself, "everything above". A sentence is taken
+# for an injection when it names the conversation (CONVERSATION) and gives an order (ORDER), in any of the languages
+# below, or when it forges a turn or dictates a quoted reply. Measured on tests/injection/ (tests/test_faults.py).
+# On by default (``rag.filter_instructions``) wherever a passage reaches a model: training examples, the query engine,
+# the evaluation.
+CONVERSATION = re.compile("|".join([
+    r"\b(?:the|this|that|my|user'?s) question\b", r"\bthe user\b(?! (?:manual|guide|interface|menu|settings?)\b)",
+    r"\byour (?:answer|reply|response|output|instructions|guidelines|rules|prompt|task|role|system|previous|training)",
+    r"\b(?:every|each) (?:answer|reply|response)\b", r"\b(?:the|any|all) (?:other )?(?:documents|passages|sources|context)\b",
+    r"\bsystem (?:prompt|message)\b", r"\b(?:this|the) conversation\b", r"\bnew (?:system )?(?:prompt|instructions)\b",
+    r"\b(?:you were|you have been|you've been) (?:told|given|instructed)\b", r"\binstead of (?:answering|replying|responding)\b",
+    r"\b(?:everything|anything|all) (?:of )?(?:the )?(?:above|before|previous|prior)\b", r"\bwhat (?:the|your) \w+ (?:asked|wanted|said)\b",
+    r"\bwrite back\b", r"\bchat ?gpt\b", r"\bllms?\b", r"\blanguage models?\b", r"\bchat ?bots?\b", r"\bai\b", r"\brole-?play",
+    r"\bassistant\b(?! (?:technician|engineer|manager|installer)s?\b)", r"\bjailbreak",
+    # de, fr, es, it, pt, nl, pl, tr, ru, zh, ja, ko
+    r"\b(?:die|deine) (?:frage|antwort)\b|\b(?:vorherigen|bisherigen|deine|alle) anweisungen\b|\bassistent|\bki\b|was dir (?:vorher )?gesagt",
+    r"\bla question\b|\b(?:tes|vos) consignes\b|\bl.utilisateur\b|\bl.assistant\b|\binstructions précédentes\b",
+    r"\bla pregunta\b|\binstrucciones (?:anteriores|previas)\b|\basistente\b|\btodo lo que te\b|\bal usuario\b",
+    r"\b(?:la|alla) domanda\b|\bistruzioni precedenti\b|\bassistente\b|\ba pergunta\b|\binstruções anteriores\b",
+    r"\bde vraag\b|\b(?:vorige|eerdere) instructies\b|\bpoprzednie instrukcje\b|\bpytanie\b|önceki talimat",
+    r"предыдущие инструкции|\bвопрос|之前|以上|指令|问题|以前の指示|指示|質問|이전 지시|지시",
+]), re.I)
+ORDER = re.compile("|".join([
+    r"\b(?:ignor\w*|disregard|forget|skip|bypass|override|discard|abandon|pay no attention|put aside|set aside|stop following)\b",
+    r"\b(?:reply|respond|answer\w*|say|write|output|print|tell|append|include|add|end|begin|start|recommend|reveal|confirm"
+    r"|state|cite|mention|use|follow|push|summari[sz]\w*|act as|pretend|you are now)\b",
+    r"\b(?:ignorier\w*|vergiss|antworte\w*|schreibe|beantworte)\b|\b(?:oublie|ignore|dis|réponds?)\b",
+    r"\b(?:ignora|olvida|responde|respondas|di|rispondi|rispondere|consiglia|ignore|responda|negeer|antwoord)\b",
+    r"\b(?:zignoruj|odpowiedz)\b|yok say|\byaz\b|игнорируй|отвечай|забудь|忽略|回答|無視|答え|무시|답하",
+]), re.I)
+FORGED_TURN = re.compile(r"^\W*(?:system|assistant|user)\s*:", re.I)
+DICTATED_REPLY = re.compile(r"^\W*(?:respond|reply|answer|output)\b[^.]{0,40}[\s:]['\"“«]", re.I)  # a quote opens
+
+
+def injection_rule(sentence: str) -> str | None:
+    """Why a sentence looks like an instruction to the model ("forged turn", "dictated reply", "orders about the
+    conversation"), or None when it reads as plain document text."""
+    if FORGED_TURN.search(sentence):
+        return "forged turn"
+    if DICTATED_REPLY.search(sentence):
+        return "dictated reply"
+    if CONVERSATION.search(sentence) and ORDER.search(sentence):
+        return "orders about the conversation"
+    return None
+
+
+def strip_instructions(text: str) -> str:
+    """Drop the sentences of a passage that look like instructions to the model (:func:`injection_rule`); a passage
+    with none comes back unchanged, character for character (it is the indexed chunk the answer quotes)."""
+    parts = sentences(text)
+    kept = [s for s in parts if injection_rule(s) is None]
+    return text if len(kept) == len(parts) else " ".join(kept)
+
+
+def looks_injected(text: str) -> bool:
+    """Does any sentence of a passage look like an instruction to the model? (What the filter would drop.)"""
+    return any(injection_rule(s) for s in sentences(text))
+
+
 def format_passage(index: int, text: str, title: str = "", section: str = "") -> str:
     """``[2] (Fault Code Reference › E1xx) text`` — a numbered passage the answer can cite."""
     title, section = " ".join(title.split()), " ".join(section.split())  # a title cannot start a line of its own

@@ -200,7 +200,8 @@ def check_recipe(cfg: CourseConfig, tokenizer: Any = None, with_synthetic: bool 
         for item in splits[split]:
             include = split != "train" or rng.random() < cfg.data.oracle_fraction
             ex = data.raft_example(item, nodes, [], cfg.data.num_distractors, include, rng, cfg.model.system_prompt,
-                                   pool=allowed, target_style=cfg.data.target_style)
+                                   pool=allowed, target_style=cfg.data.target_style,
+                                   filter_instructions=cfg.rag.filter_instructions)
             lengths.append(example_tokens(ex))
         fitting = [n for n in lengths if n <= cfg.model.max_length]
         dropped[split] = len(lengths) - len(fitting)

@@ -150,9 +150,13 @@ def test_injection_filter_and_guard(cfg, persisted):
     retriever = retrieval.make_retriever(persisted[0], cfg, "bm25", top_k=2)
     poisoned = rag.poison(retriever.retrieve(QUESTION))
     assert rag.INJECTION in poisoned[0].node.get_content()
-    plain = rag.rag_messages(QUESTION, rag.passages_of(poisoned), cfg.model.system_prompt)
-    filtered = rag.rag_messages(QUESTION, rag.passages_of(poisoned, sanitize=True), cfg.model.system_prompt, guard=True)
+    plain = rag.rag_messages(QUESTION, rag.passages_of(poisoned, sanitize=False), cfg.model.system_prompt)
+    filtered = rag.rag_messages(QUESTION, rag.passages_of(poisoned), cfg.model.system_prompt, guard=True)  # default
     assert "VISIT" in plain[1]["content"] and "VISIT" not in filtered[1]["content"]
+    # The query engine filters by default (rag.filter_instructions) and only then.
+    assert "VISIT" not in rag.query_engine(retriever, None, cfg).messages_for(QUESTION, poisoned)[1]["content"]
+    off = load_config("cpu-smoke", rag={"filter_instructions": False})
+    assert "VISIT" in rag.query_engine(retriever, None, off).messages_for(QUESTION, poisoned)[1]["content"]
     assert rag.GUARD_RULE in filtered[0]["content"] and TARGET.split()[0] in filtered[1]["content"]
     assert rag.followed_injection("VISIT vellmark-free-upgrade.example") and not rag.followed_injection("14 °C")
 

@@ -1,12 +1,24 @@
 """Loaded by every Python process of the test run (pytest, notebook kernels, accelerate workers).
 
-When ``RAGCOURSE_NETGUARD=1`` it refuses any socket connection or name lookup that leaves this machine,
-and appends each attempt to ``$RAGCOURSE_NETGUARD_LOG`` so the test session can fail on it afterwards.
+When ``RAGCOURSE_NETGUARD=1`` it refuses any connection, datagram or name lookup that leaves this machine, and appends
+each attempt to ``$RAGCOURSE_NETGUARD_LOG`` so the test session can fail on it afterwards.
+
+This is the second line. The first is the network namespace the root ``conftest.py`` enters (``netns.py``): there no
+route leaves the machine, whatever the code does. Where the machine does not allow one, this guard is all there is,
+and it covers only what Python code reaches through the ``socket`` and ``_socket`` modules:
+
+- covered: TCP/UDP ``connect``/``connect_ex``, UDP ``sendto``/``sendmsg``, name lookups (``getaddrinfo``,
+  ``gethostbyname[_ex]``, ``gethostbyaddr``, ``getnameinfo``), in ``socket`` and in ``_socket`` (its ``socket`` class
+  is replaced by a guarded subclass), in this process and in every child that keeps ``PYTHONPATH`` (kernels, workers);
+- not covered: a child started with ``python -I``/``-E`` or without the environment (it never loads this file),
+  C extensions and libraries that open sockets themselves (libcurl, gRPC, a DNS resolver in C), ``os.system``/
+  non-Python programs, and objects created before this file ran. tests/test_network_guard.py checks each route.
 """
 
 import os
 
 if os.environ.get("RAGCOURSE_NETGUARD") == "1":
+    import _socket
     import ipaddress
     import socket
     import traceback
@@ -15,6 +27,7 @@ if os.environ.get("RAGCOURSE_NETGUARD") == "1":
         """A connection beyond loopback was attempted during the tests."""
 
     _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+    _INET = (socket.AF_INET, socket.AF_INET6)
 
     def _is_local(host) -> bool:
         if host is None:
@@ -38,29 +51,56 @@ if os.environ.get("RAGCOURSE_NETGUARD") == "1":
                 fh.write(f"--- pid {os.getpid()}: {what}\n{stack}\n")
         raise NetworkBlocked(f"network access blocked during tests: {what}")
 
-    _connect = socket.socket.connect
-    _connect_ex = socket.socket.connect_ex
-    _getaddrinfo = socket.getaddrinfo
+    def _check(sock, address, verb: str = "connect to") -> None:
+        if sock.family in _INET and isinstance(address, tuple) and not _is_local(address[0]):
+            _record(f"{verb} {address!r}")
 
-    def _check(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
-            if not _is_local(address[0]):
-                _record(f"connect to {address!r}")
+    def _guard_methods(cls, base) -> None:
+        """Guard ``cls``'s connect/connect_ex/sendto/sendmsg, calling ``base``'s originals."""
+        connect, connect_ex, sendto, sendmsg = base.connect, base.connect_ex, base.sendto, base.sendmsg
 
-    def connect(self, address):
-        _check(self, address)
-        return _connect(self, address)
+        def g_connect(self, address):
+            _check(self, address)
+            return connect(self, address)
 
-    def connect_ex(self, address):
-        _check(self, address)
-        return _connect_ex(self, address)
+        def g_connect_ex(self, address):
+            _check(self, address)
+            return connect_ex(self, address)
 
-    def getaddrinfo(host, *args, **kwargs):
-        if not _is_local(host):
-            _record(f"name lookup of {host!r}")
-        return _getaddrinfo(host, *args, **kwargs)
+        def g_sendto(self, data, *args):
+            _check(self, args[-1] if args else None, "datagram to")
+            return sendto(self, data, *args)
 
-    socket.socket.connect = connect
-    socket.socket.connect_ex = connect_ex
-    socket.getaddrinfo = getaddrinfo
+        def g_sendmsg(self, buffers, *args):
+            if len(args) >= 3:
+                _check(self, args[2], "datagram to")
+            return sendmsg(self, buffers, *args)
+
+        cls.connect, cls.connect_ex, cls.sendto, cls.sendmsg = g_connect, g_connect_ex, g_sendto, g_sendmsg
+
+    def _guard_lookup(module, name: str, host_arg: int = 0) -> None:
+        original = getattr(module, name, None)
+        if original is None:
+            return
+
+        def lookup(*args, **kwargs):
+            host = args[host_arg] if len(args) > host_arg else kwargs.get("host")
+            if name == "getnameinfo" and isinstance(host, tuple):
+                host = host[0]
+            if not _is_local(host):
+                _record(f"name lookup of {host!r} ({name})")
+            return original(*args, **kwargs)
+
+        setattr(module, name, lookup)
+
+    _guard_methods(socket.socket, socket.socket)
+
+    class _GuardedRawSocket(_socket.socket):
+        """``_socket.socket`` for code that skips the ``socket`` module."""
+
+    _guard_methods(_GuardedRawSocket, _socket.socket)
+    _socket.socket = _socket.SocketType = _GuardedRawSocket
+    for _module in (socket, _socket):
+        for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"):
+            _guard_lookup(_module, _name)
     socket.NetworkBlocked = NetworkBlocked
