@@ -156,8 +156,10 @@ class TrainingConfig:
 class RagConfig:
     """Retrieval and the query engine (notebook 05)."""
 
-    vector_store: str = "simple"  # "simple" (no server) | "qdrant"
+    vector_store: str = "simple"  # "simple" (no server) | "qdrant" | "postgres" (PostgreSQL + pgvector)
     # qdrant: a server URL (http://host:6333, the default) or a folder (Qdrant's embedded mode: no server, one process)
+    # postgres: a postgresql:// URL (postgresql://postgres@localhost:5432/postgres, the default; the password in
+    # PGPASSWORD) or a folder, where pgserver starts a private PostgreSQL with pgvector (Unix socket, no TCP port)
     vector_store_url: str | None = None
     retriever: str = "hybrid"  # "dense" | "bm25" | "hybrid"
     similarity_top_k: int = 4
@@ -400,7 +402,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.target_style": TARGET_STYLES,
     "training.report_to": ("none", "tensorboard", "trackio", "wandb", "mlflow"),
     "rag.retriever": ("dense", "bm25", "hybrid"),
-    "rag.vector_store": ("simple", "qdrant"),
+    "rag.vector_store": ("simple", "qdrant", "postgres"),
 }
 # Keys that take a keyword or a model reference (a hub id with a '/', a local folder, or embedded:...).
 MODEL_KEYWORDS: dict[str, tuple[str, ...]] = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
+import re
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -63,6 +65,20 @@ QDRANT_HELP = (
     "    docker run -d -p 6333:6333 -v \"$PWD/qdrant_storage:/qdrant/storage\" qdrant/qdrant\n"
     "and rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs neither)."
 )
+POSTGRES_TABLE = "ragcourse"
+POSTGRES_HELP = (
+    "rag.vector_store: postgres needs LlamaIndex's PostgreSQL integration (pgvector), and pgserver for a local folder:\n"
+    "    pip install llama-index-vector-stores-postgres pgserver   (or: pip install 'ragcourse[postgres]')\n"
+    "then either a local folder, where pgserver runs a private PostgreSQL with pgvector (Unix socket only, no TCP port):\n"
+    "    rag.vector_store_url: outputs/pgvector\n"
+    "or a PostgreSQL server with the pgvector extension, for example with Docker:\n"
+    "    docker run -d -p 5432:5432 -e POSTGRES_PASSWORD=rag pgvector/pgvector:pg17\n"
+    "and rag.vector_store_url: postgresql://postgres@localhost:5432/postgres with the password in PGPASSWORD, not in\n"
+    "the URL (the URL is saved in the index manifest). Or use rag.vector_store: simple, which needs neither."
+)
+# Where each store looks when rag.vector_store_url is unset: a server on this machine, at the store's usual port.
+DEFAULT_URLS = {"qdrant": "http://localhost:6333", "postgres": "postgresql://postgres@localhost:5432/postgres"}
+SERVER_SCHEMES = ("http://", "https://", "postgresql://", "postgres://")
 
 
 class VectorStoreUnavailable(RuntimeError):
@@ -73,15 +89,21 @@ class VectorStoreUnavailable(RuntimeError):
 
 
 def is_server_url(location: str) -> bool:
-    """``rag.vector_store_url``: a server when it is an http(s) URL, else a local folder (embedded mode)."""
-    return location.startswith(("http://", "https://"))
+    """``rag.vector_store_url``: a server when it is a URL (http(s):// for Qdrant, postgresql:// for PostgreSQL), else
+    a local folder (Qdrant's embedded mode, or a PostgreSQL that pgserver starts in that folder)."""
+    return location.startswith(SERVER_SCHEMES)
 
 
-def qdrant_location(cfg: CourseConfig) -> str:
-    """Where the Qdrant collection lives: the server URL, or the embedded store's folder (relative to the project)."""
+def shown_location(location: str) -> str:
+    """A location fit for messages: a URL's password becomes ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]+@", r"\1***@", location)
+
+
+def store_location(cfg: CourseConfig) -> str:
+    """Where the configured store's vectors live: the server URL, or a local folder (relative to the project)."""
     from .config import resolve_path
 
-    location = cfg.rag.vector_store_url or "http://localhost:6333"
+    location = cfg.rag.vector_store_url or DEFAULT_URLS[cfg.rag.vector_store]
     return location if is_server_url(location) else str(resolve_path(location))
 
 
@@ -89,8 +111,9 @@ def qdrant_location(cfg: CourseConfig) -> str:
 def open_qdrant(location: str) -> Any:
     """One ``QdrantClient`` per location in this process: ``url=`` for a server, ``path=`` for the embedded on-disk
     mode (same API, no server). An embedded folder is locked by the client that opened it, so it is opened once; it
-    commits every point in its own SQLite transaction (about 10 ms per vector on the course's 2-core machine), so it
-    suits the sample corpus and tests, and a server suits 100k+ chunks."""
+    commits every point in its own SQLite transaction whatever the batch size (insert rates: benchmarks/results/
+    retrieval_speed.md) and keeps every vector in memory, so it suits the sample corpus and tests, and a server
+    suits 100k+ chunks."""
     try:
         import qdrant_client as qc
         from llama_index.vector_stores.qdrant import QdrantVectorStore  # noqa: F401  (fail here, not at first use)
@@ -155,21 +178,143 @@ def _qdrant_store_class() -> type:
     return CourseQdrantStore
 
 
-def vector_store(cfg: CourseConfig, fresh: bool = False) -> Any:
-    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a Qdrant store (notebook 05).
+def postgres_table(cfg: CourseConfig) -> str:
+    """The preset's table name as LlamaIndex's PGVectorStore takes it (it stores the vectors in ``data_<name>``)."""
+    return re.sub(r"[^a-z0-9_]", "_", f"{POSTGRES_TABLE}_{cfg.preset}".lower())
 
-    ``rag.vector_store_url`` is a server URL or a local folder (embedded mode). ``fresh`` drops the collection first,
-    so a rebuilt index never keeps the vectors of the last one. The Qdrant client is imported only here.
+
+def _pgserver() -> Any:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (containers), harmlessly
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            import pgserver
+    except ImportError as exc:
+        raise VectorStoreUnavailable(f"{POSTGRES_HELP}\n(import failed: {exc})") from None
+    return pgserver
+
+
+def pgserver_url(folder: str) -> str:
+    """Start, or join, the PostgreSQL + pgvector server that pgserver runs on the data folder ``folder``, and return its
+    ``postgresql://`` URL: a Unix socket, the server listens on no TCP port. pgserver stops the server when the last
+    process using it exits (or calls :func:`close_postgres`). As root (Colab, Docker) pgserver runs it as a system user
+    ``pgserver`` that it creates, since PostgreSQL refuses to run as root."""
+    pgserver = _pgserver()
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pgserver.get_server(folder, cleanup_mode="stop").get_uri()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise VectorStoreUnavailable(f"pgserver could not start PostgreSQL in {folder} ({exc}); "
+                                     f"its log is {Path(folder) / 'log'}.") from None
+
+
+_POSTGRES_ENGINES: dict[str, tuple[Any, Any]] = {}  # location -> (engine, async engine), see open_postgres
+
+
+def open_postgres(location: str) -> tuple[Any, Any]:
+    """One pair of SQLAlchemy engines (psycopg2 and asyncpg, as LlamaIndex's PGVectorStore uses them) per location in
+    this process: a ``postgresql://`` server URL, or a folder where :func:`pgserver_url` runs the server. pgvector is
+    enabled here. :func:`close_postgres` lets go of them."""
+    if location in _POSTGRES_ENGINES:
+        return _POSTGRES_ENGINES[location]
+    try:
+        import sqlalchemy
+        from llama_index.vector_stores.postgres import PGVectorStore  # noqa: F401  (fail here, not at first use)
+        from sqlalchemy.ext.asyncio import create_async_engine
+    except ImportError as exc:
+        raise VectorStoreUnavailable(f"{POSTGRES_HELP}\n(import failed: {exc})") from None
+    url = sqlalchemy.make_url(location if is_server_url(location) else pgserver_url(location))
+    engine = sqlalchemy.create_engine(url.set(drivername="postgresql+psycopg2"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("CREATE EXTENSION IF NOT EXISTS vector"))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise VectorStoreUnavailable(f"No PostgreSQL with pgvector answers at {shown_location(location)} "
+                                     f"({str(getattr(exc, 'orig', None) or exc).strip()}).\n{POSTGRES_HELP}") from None
+    atexit.register(engine.dispose)  # close the connections before pgserver's own exit handler stops the server
+    _POSTGRES_ENGINES[location] = engine, create_async_engine(url.set(drivername="postgresql+asyncpg"))
+    return _POSTGRES_ENGINES[location]
+
+
+def close_postgres(location: str) -> None:
+    """Close this process's connections to ``location``; for a folder, also let go of its server, which pgserver stops
+    when no other process uses it (as it does at exit). The next :func:`open_postgres` starts it again."""
+    engine, _ = _POSTGRES_ENGINES.pop(location, (None, None))
+    if engine is not None:
+        engine.dispose()
+    if not is_server_url(location) and (Path(location) / "postmaster.pid").exists():
+        _pgserver().get_server(location).cleanup()
+
+
+def postgres_vectors(engine: Any, table: str) -> tuple[int, int | None]:
+    """How many vectors the table ``data_<table>`` holds, and their dimension (0 and None when it does not exist)."""
+    import sqlalchemy
+
+    with engine.connect() as conn:
+        dim = conn.execute(sqlalchemy.text(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = 'embedding'"),
+            {"t": f"public.data_{table}"}).scalar()
+        count = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM public.data_{table}")).scalar() if dim else 0
+    return count, dim
+
+
+def _postgres_store(cfg: CourseConfig, fresh: bool, embed_dim: int | None) -> Any:
+    engine, async_engine = open_postgres(store_location(cfg))  # first: it says what is missing
+    import sqlalchemy
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    table = postgres_table(cfg)
+    if fresh:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS public.data_{table}"))
+    _, stored_dim = postgres_vectors(engine, table)
+    if stored_dim and embed_dim and stored_dim != embed_dim:
+        raise VectorStoreUnavailable(
+            f"The PostgreSQL table data_{table} holds {stored_dim}-dimensional vectors, the embedding model makes "
+            f"{embed_dim}; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
+    if not (embed_dim or stored_dim):
+        raise VectorStoreUnavailable(f"The PostgreSQL table data_{table} does not exist yet; build the index: "
+                                     f"ragcourse index --rebuild --preset {cfg.preset}.")
+    # Exact search (no HNSW index): the same top-k as the default store. initialization_fail_on_error: LlamaIndex
+    # would otherwise log a failed CREATE TABLE as a warning and fail later, further from the cause.
+    return PGVectorStore(engine=engine, async_engine=async_engine, table_name=table, embed_dim=embed_dim or stored_dim,
+                         initialization_fail_on_error=True)
+
+
+def embedding_dim(embed_model: Any, nodes: Sequence["BaseNode"] = ()) -> int:
+    """The vectors' dimension: from a node that carries its embedding, else by embedding one short text."""
+    known = next((n.embedding for n in nodes if n.embedding is not None), None)
+    return len(known if known is not None else embed_model.get_text_embedding("dimension"))
+
+
+def vector_store(cfg: CourseConfig, fresh: bool = False, embed_dim: int | None = None) -> Any:
+    """``None`` for the default in-memory store (``rag.vector_store: simple``), else a Qdrant or PostgreSQL + pgvector
+    store (notebook 05, section 1).
+
+    ``rag.vector_store_url`` is a server URL or a local folder (Qdrant's embedded mode; for postgres, a server that
+    pgserver starts there). ``fresh`` drops the collection or table first, so a rebuilt index never keeps the vectors
+    of the last one. ``embed_dim`` sizes a new PostgreSQL table. Each store's client is imported only here.
     """
     if cfg.rag.vector_store == "simple":
         return None
+    if cfg.rag.vector_store == "postgres":
+        return _postgres_store(cfg, fresh, embed_dim)
     if cfg.rag.vector_store != "qdrant":
-        raise VectorStoreUnavailable(f"rag.vector_store must be simple or qdrant, got {cfg.rag.vector_store!r}.")
-    client = open_qdrant(qdrant_location(cfg))
+        raise VectorStoreUnavailable(f"rag.vector_store must be simple, qdrant or postgres, got {cfg.rag.vector_store!r}.")
+    client = open_qdrant(store_location(cfg))
     name = f"{QDRANT_COLLECTION}-{cfg.preset}"
     if fresh and client.collection_exists(name):
         client.delete_collection(name)
     return _qdrant_store_class()(client=client, collection_name=name)
+
+
+def stored_vectors(cfg: CourseConfig, store: Any) -> int:
+    """How many vectors the configured store holds for this preset (0 when its collection or table is gone)."""
+    if cfg.rag.vector_store == "postgres":
+        return postgres_vectors(open_postgres(store_location(cfg))[0], postgres_table(cfg))[0]
+    return store.client.count(store.collection_name).count if store.client.collection_exists(store.collection_name) else 0
 
 
 def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig | None = None,
@@ -180,7 +325,8 @@ def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig
     """
     from llama_index.core import StorageContext, VectorStoreIndex
 
-    store = vector_store(cfg, fresh=True) if cfg is not None else None
+    dim = embedding_dim(embed_model, nodes) if cfg is not None and cfg.rag.vector_store == "postgres" else None
+    store = vector_store(cfg, fresh=True, embed_dim=dim) if cfg is not None else None
     storage = StorageContext.from_defaults(vector_store=store) if store is not None else None
     return VectorStoreIndex(list(nodes), embed_model=embed_model, storage_context=storage, store_nodes_override=True,
                             show_progress=show_progress)
@@ -214,16 +360,19 @@ def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = N
     from llama_index.core import StorageContext, load_index_from_storage
 
     path = Path(path or cfg.artifact_dir("index"))
-    store = vector_store(cfg)
+    embed_model = embed_model or embedding_model(cfg)
+    store = vector_store(cfg, embed_dim=embedding_dim(embed_model) if cfg.rag.vector_store == "postgres" else None)
     kwargs = {"vector_store": store} if store is not None else {}
     storage = StorageContext.from_defaults(persist_dir=str(path), **kwargs)
-    index = load_index_from_storage(storage, embed_model=embed_model or embedding_model(cfg))
+    index = load_index_from_storage(storage, embed_model=embed_model)
     if store is not None:
-        stored = store.client.count(store.collection_name).count if store.client.collection_exists(store.collection_name) else 0
+        stored = stored_vectors(cfg, store)
         if stored != len(index.docstore.docs):
+            where = (f"Qdrant collection {store.collection_name}" if cfg.rag.vector_store == "qdrant"
+                     else f"PostgreSQL table data_{postgres_table(cfg)}")
             raise VectorStoreUnavailable(
-                f"The Qdrant collection {store.collection_name} at {qdrant_location(cfg)} holds {stored} vectors, the "
-                f"index at {path} {len(index.docstore.docs)} chunks; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
+                f"The {where} at {shown_location(store_location(cfg))} holds {stored} vectors, the index at {path} "
+                f"{len(index.docstore.docs)} chunks; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
     return index
 
 
@@ -306,11 +455,11 @@ def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | Non
         return BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=min(k, len(nodes)), language="english")
 
     if first_kind == "dense":
-        return index.as_retriever(similarity_top_k=top_k)
+        return dense_retriever(index, top_k)
     if first_kind == "bm25":
         return bm25(top_k)
     pool = max(candidates or 20, top_k)
-    dense_r = index.as_retriever(similarity_top_k=pool)
+    dense_r = dense_retriever(index, pool)
     lexical_r = bm25(pool)
 
     class HybridRetriever(BaseRetriever):
@@ -321,6 +470,23 @@ def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | Non
                             [dense_weight, 1.0 - dense_weight], top_k)
 
     return HybridRetriever()
+
+
+def dense_retriever(index: "VectorStoreIndex", top_k: int):
+    """``index.as_retriever(similarity_top_k=top_k)``, less its filter to the index's own nodes in a vector database.
+
+    ``as_retriever`` sends every node id of the index with each query, so that a store shared by several indexes
+    answers for this one only. The course's Qdrant collection or PostgreSQL table holds exactly one index
+    (:func:`build_index` drops it first, :func:`load_index` counts it), so there the filter changes nothing but the
+    cost: embedded Qdrant checks it point by point in Python, which made its queries slower than the in-memory
+    store's at 10k chunks (benchmarks/README.md). The in-memory store keeps LlamaIndex's default.
+    """
+    from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
+    from llama_index.core.vector_stores import SimpleVectorStore
+
+    if isinstance(index.vector_store, SimpleVectorStore):
+        return index.as_retriever(similarity_top_k=top_k)
+    return VectorIndexRetriever(index, similarity_top_k=top_k, node_ids=None)
 
 
 @functools.lru_cache(maxsize=4)
