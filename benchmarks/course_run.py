@@ -15,6 +15,10 @@ Run it when nothing else uses the machine: another process on the same cores mak
     python benchmarks/course_run.py                      # all notebooks on cpu-smoke (about 13 minutes)
     python benchmarks/course_run.py --from-executed      # times of the last `ragcourse notebooks` run
     python benchmarks/course_run.py --only 00_setup --output-root /tmp/course_run --results /tmp/course_run.json
+    python benchmarks/course_run.py --isa avx2 --output-root /tmp/course_run_avx2   # as if the CPU had no AVX-512
+
+``--isa avx2`` starts the kernels with torch, oneMKL, oneDNN and bitsandbytes held to AVX2 (``cpu_common.py`` says
+how) and writes ``course_run_<preset>_avx2.*``.
 
 Notebooks write their artifacts under ``paths.output_root`` (``outputs/``); ``--output-root`` points them elsewhere
 (through a user config in ``RAGCOURSE_CONFIG``), so a measurement need not touch the artifacts you work with.
@@ -191,7 +195,9 @@ def read_executed(path: Path) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     rows = result["notebooks"]
     measured = result["mode"] == "measured"
-    lines = [f"Course run on `{result['preset']}` ({result['mode']}; {result['machine']}; {result['created_at']}).", "",
+    isa = "" if result.get("isa", "native") == "native" else f"; instruction sets held to {result['isa'].upper()}"
+    lines = [f"Course run on `{result['preset']}` ({result['mode']}; {result['machine']}{isa}; {result['created_at']}).",
+             "",
              "| notebook | ok | wall s | cells s | peak RSS kernel GiB | peak RSS tree GiB | slowest cell (s) |",
              "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -222,6 +228,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
     parser.add_argument("--results", help="JSON path (default: benchmarks/results/course_run_<preset>[_from_executed].json)")
     parser.add_argument("--keep-going", action="store_true", help="run the next notebooks after a failure")
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
+                        help="avx2: run the kernels as on a CPU without AVX-512 (see cpu_common.py)")
     args = parser.parse_args()
 
     from ragcourse import runtime
@@ -243,6 +251,10 @@ def main() -> int:
             rows.append(read_executed(path))
     else:
         os.environ["RAGCOURSE_PRESET"] = args.preset  # the kernels inherit this process's environment
+        if args.isa != "native":
+            from cpu_common import mode_env
+
+            os.environ.update(mode_env(args.isa))
         if args.output_root:
             user = Path(tempfile.mkdtemp(prefix="course_run-")) / "user.yaml"
             user.write_text(f"paths:\n  output_root: {json.dumps(str(Path(args.output_root).resolve()))}\n")
@@ -261,11 +273,11 @@ def main() -> int:
         "preset": args.preset, "mode": "from executed copies" if args.from_executed else "measured",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "sample_seconds": SAMPLE_SECONDS,
         "expected": {"total_minutes": cfg.expected.total_minutes, "peak_memory_gb": cfg.expected.peak_memory_gb},
-        "output_root": args.output_root, "executed_dir": str(executed_dir), "notebooks": rows,
+        "output_root": args.output_root, "executed_dir": str(executed_dir), "isa": args.isa, "notebooks": rows,
         "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in rows), 1),
         "versions": runtime.versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    suffix = "_from_executed" if args.from_executed else ""
+    suffix = ("_from_executed" if args.from_executed else "") + ("" if args.isa == "native" else f"_{args.isa}")
     out = Path(args.results) if args.results else HERE / "results" / f"course_run_{args.preset}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

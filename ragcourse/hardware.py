@@ -91,6 +91,16 @@ def torch_dtype(name: str):
         raise ValueError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.") from None
 
 
+# Torch threads when the config leaves ``training.torch_threads`` null: None keeps torch's own default (one per core).
+# One place for this choice; benchmarks/shared_cpu.py measures each setting alone and beside a busy process.
+DEFAULT_TORCH_THREADS: int | None = None
+
+
+def default_torch_threads() -> int | None:
+    """The torch thread count a run uses when its config does not set one (``runtime.start`` applies it)."""
+    return DEFAULT_TORCH_THREADS
+
+
 def set_torch_threads(n: int | None) -> int:
     """Set torch's intra-op threads (None keeps the default) and return the number in use."""
     import torch
@@ -98,6 +108,40 @@ def set_torch_threads(n: int | None) -> int:
     if n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+BUSY_CPU_PERCENT = 25.0  # other processes using more than this share of all cores: training here slows down a lot
+BUSY_PROBE_SECONDS = 1.0
+
+
+def cpu_busy_percent(seconds: float = BUSY_PROBE_SECONDS) -> float:
+    """How busy *other* processes keep the CPU, in percent of all cores, sampled over ``seconds`` (notebook 00,
+    "Check the runtime"). This process's own use is left out, so a kernel that is busy itself does not count."""
+    import time
+
+    import psutil
+
+    me = psutil.Process()
+    psutil.cpu_percent(None)
+    me.cpu_percent(None)
+    time.sleep(seconds)
+    everything = psutil.cpu_percent(None)  # all processes, as a share of all cores
+    mine = me.cpu_percent(None) / (psutil.cpu_count() or 1)  # this process, 100 per busy core
+    return max(0.0, everything - mine)
+
+
+def busy_cpu_warning(busy_percent: float, hw: Hardware) -> str | None:
+    """The sentence notebook 00 prints when other processes already load the CPU this course trains on, else None.
+
+    Two processes computing on the same cores each get far less than half of them: benchmarks/shared_cpu.py measures a
+    training step and a generation alone and beside a second busy torch process.
+    """
+    if hw.device != "cpu" or busy_percent <= BUSY_CPU_PERCENT:
+        return None
+    fix = "close the other notebook kernel or program" + (
+        "" if hw.torch_threads <= 1 else ", or set `training.torch_threads: 1` in your config (one core each)")
+    return (f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
+            f"here can run several times slower: {fix}.")
 
 
 def auto_preset(hw: Hardware | None = None) -> str:

@@ -39,6 +39,43 @@ def test_detect_hardware_here():
     assert hw.cpu_cores >= 1 and hw.torch_threads >= 1 and hw.summary()
 
 
+def test_busy_cpu_warning_says_what_to_do():
+    from ragcourse.hardware import BUSY_CPU_PERCENT, busy_cpu_warning
+
+    cpu2, cpu1 = _hw(device="cpu", torch_threads=2), _hw(device="cpu", torch_threads=1)
+    assert busy_cpu_warning(0.0, cpu2) is None and busy_cpu_warning(BUSY_CPU_PERCENT, cpu2) is None
+    warning = busy_cpu_warning(80.0, cpu2)
+    assert "80% busy" in warning and "close the other notebook kernel" in warning and "training.torch_threads: 1" in warning
+    assert "torch_threads" not in busy_cpu_warning(80.0, cpu1)  # already one thread: closing the other is what is left
+    assert busy_cpu_warning(80.0, _hw()) is None  # a GPU trains; a busy CPU matters far less there
+
+
+def test_cpu_busy_percent_leaves_out_this_process(monkeypatch):
+    import psutil
+
+    from ragcourse import hardware
+
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 60.0)  # everything, share of all cores
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 100.0)  # this process: one core
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    assert hardware.cpu_busy_percent(0.01) == 10.0
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 200.0)
+    assert hardware.cpu_busy_percent(0.01) == 0.0  # never negative
+
+
+def test_default_torch_threads_is_what_runtime_applies(monkeypatch):
+    from ragcourse import hardware, runtime
+
+    applied = []
+    monkeypatch.setattr(hardware, "set_torch_threads", lambda n: applied.append(n) or n)
+    monkeypatch.setattr(hardware, "DEFAULT_TORCH_THREADS", 1)
+    assert hardware.default_torch_threads() == 1
+    runtime.start("cpu-smoke", quiet=True, writes=False)
+    runtime.start("cpu-smoke", quiet=True, writes=False, training={"torch_threads": 2})  # the config wins
+    assert applied == [1, 2]
+
+
 def test_embedded_minilm_resolves(cfg):
     path = models.resolve_model("embedded:all-minilm-l6-v2", cfg)
     assert os.path.isfile(os.path.join(path, "config.json"))
