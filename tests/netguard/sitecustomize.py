@@ -26,7 +26,8 @@ if os.environ.get("RAGCOURSE_NETGUARD") == "1":
     class NetworkBlocked(ConnectionRefusedError):
         """A connection beyond loopback was attempted during the tests."""
 
-    _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+    # This machine's own name too: torch.distributed looks it up (socket.getfqdn) and /etc/hosts answers it locally.
+    _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "", socket.gethostname()}
     _INET = (socket.AF_INET, socket.AF_INET6)
 
     def _is_local(host) -> bool:
