@@ -145,7 +145,7 @@ class TrainingConfig:
     optim: str = "auto"
     packing: bool = False
     seed: int = 42
-    # Torch intra-op threads; null: ragcourse.hardware.default_torch_threads() (torch's own default today).
+    # Torch intra-op threads; null: ragcourse.hardware.DEFAULT_TORCH_THREADS (torch's own default today).
     torch_threads: int | None = None
     # Where the Trainer logs losses, learning rate and evaluation (TRL's own ``report_to``): none, or a tracker.
     # tensorboard, trackio and mlflow write local files offline; wandb too with WANDB_MODE=offline (notebook 03).

@@ -93,12 +93,7 @@ def torch_dtype(name: str):
 
 # Torch threads when the config leaves ``training.torch_threads`` null: None keeps torch's own default (one per core).
 # One place for this choice; benchmarks/shared_cpu.py measures each setting alone and beside a busy process.
-DEFAULT_TORCH_THREADS: int | None = None
-
-
-def default_torch_threads() -> int | None:
-    """The torch thread count a run uses when its config does not set one (``runtime.start`` applies it)."""
-    return DEFAULT_TORCH_THREADS
+DEFAULT_TORCH_THREADS: int | None = None  # runtime.start applies it when training.torch_threads is null
 
 
 def set_torch_threads(n: int | None) -> int:

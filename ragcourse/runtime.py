@@ -33,11 +33,11 @@ def start(preset: str | None = None, user_config: str | None = None, quiet: bool
         check_writable(cfg.output_dir)
         clean_stale_temps(cfg.output_dir)
     prepare_environment(offline=not needs_network(cfg.model.name, cfg.embedding.name))
-    from .hardware import default_torch_threads, set_torch_threads
+    from . import hardware
 
-    threads = cfg.training.torch_threads or default_torch_threads()
+    threads = cfg.training.torch_threads or hardware.DEFAULT_TORCH_THREADS
     if threads:
-        set_torch_threads(threads)
+        hardware.set_torch_threads(threads)
     seed_everything(cfg.training.seed)
     if not quiet:
         print_config(cfg)
