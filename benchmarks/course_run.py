@@ -12,7 +12,7 @@ Two modes:
 
 Run it when nothing else uses the machine: another process on the same cores makes training steps many times slower.
 
-    python benchmarks/course_run.py                      # all notebooks on cpu-smoke (about 13 minutes)
+    python benchmarks/course_run.py                      # all notebooks on cpu-smoke (expected.total_minutes)
     python benchmarks/course_run.py --from-executed      # times of the last `ragcourse notebooks` run
     python benchmarks/course_run.py --only 00_setup --output-root /tmp/course_run --results /tmp/course_run.json
     python benchmarks/course_run.py --isa avx2 --output-root /tmp/course_run_avx2   # as if the CPU had no AVX-512

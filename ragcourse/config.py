@@ -45,6 +45,8 @@ class ExpectedCost:
     hardware: str = "any CPU, 2 cores"
     peak_memory_gb: float = 4.0
     total_minutes: float = 20.0
+    # CPU presets: the whole course on a CPU whose widest vector kernels are AVX2 (most laptops), when it differs
+    total_minutes_avx2: float | None = None
 
 
 @dataclass
@@ -379,7 +381,8 @@ RANGES: dict[str, tuple[str, ...]] = {
                  "rag.rerank_candidates", "evaluation.max_questions", "evaluation.bootstrap_samples"),
     "[0, inf)": ("data.chunk_overlap", "data.synthetic_chunks", "data.num_distractors", "training.warmup_steps",
                  "training.weight_decay", "training.early_stopping_patience", "training.seed", "evaluation.judge_samples"),
-    "(0, inf)": ("expected.peak_memory_gb", "expected.total_minutes", "lora.lora_alpha", "training.num_train_epochs"),
+    "(0, inf)": ("expected.peak_memory_gb", "expected.total_minutes", "expected.total_minutes_avx2", "lora.lora_alpha",
+                 "training.num_train_epochs"),
     "[16, inf)": ("model.max_length", "data.chunk_size"),
     "[0, 1]": ("data.oracle_fraction", "rag.dense_weight"),
     "(0, 1]": ("data.dedup_threshold", "training.learning_rate"),
@@ -601,7 +604,8 @@ def print_config(cfg: CourseConfig) -> None:
     """Print the resolved config at the top of a notebook, so a run says what it ran with."""
     print(f"# preset: {cfg.preset} — {cfg.description}".rstrip(" —"))
     print(f"# expected: {cfg.expected.hardware}, peak memory ~{cfg.expected.peak_memory_gb:g} GB, "
-          f"all notebooks ~{cfg.expected.total_minutes:g} min")
+          f"all notebooks ~{cfg.expected.total_minutes:g} min"
+          + (f" (~{cfg.expected.total_minutes_avx2:g} min on a CPU with AVX2 only)" if cfg.expected.total_minutes_avx2 else ""))
     print(f"# artifacts: {cfg.output_dir}")
     body = {k: v for k, v in cfg.to_dict().items() if k not in {"preset", "description", "expected"}}
     import yaml

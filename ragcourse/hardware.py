@@ -20,13 +20,17 @@ class Hardware:
     torch_threads: int
     ram_gb: float
     in_colab: bool
+    cpu_isa: str = "unknown"  # the kernel set torch runs on this CPU (``cpu_kernels``): AVX512, AVX2, ...
+    cpu_bf16: bool = False  # bf16 matrix instructions torch can use (AVX512-BF16 or AMX)
 
     def summary(self) -> str:
         if self.device == "cuda":
             cc = ".".join(map(str, self.compute_capability or ()))
             return (f"GPU {self.gpu_name} (compute {cc}, {self.gpu_free_gb:.1f}/{self.gpu_total_gb:.1f} GB free, "
                     f"bf16={'yes' if self.bf16 else 'no'}), {self.cpu_cores} CPU cores")
-        return f"{self.device.upper()} only: {self.cpu_cores} cores, torch threads {self.torch_threads}, RAM {self.ram_gb:.0f} GB"
+        return (f"{self.device.upper()} only: {self.cpu_cores} cores ({self.cpu_isa} kernels, "
+                f"bf16 {'in hardware' if self.cpu_bf16 else 'emulated'}), torch threads {self.torch_threads}, "
+                f"RAM {self.ram_gb:.0f} GB")
 
 
 def in_colab() -> bool:
@@ -69,7 +73,69 @@ def detect_hardware() -> Hardware:
             in_colab=in_colab(),
         )
     device = "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
-    return Hardware(device, None, None, False, None, None, cores, torch.get_num_threads(), ram_gb, in_colab())
+    kernels = cpu_kernels()
+    return Hardware(device, None, None, False, None, None, cores, torch.get_num_threads(), ram_gb, in_colab(),
+                    cpu_isa=kernels.isa, cpu_bf16=kernels.bf16)
+
+
+# -- the CPU: which kernels it gives torch, and what the course runs on it (issue 20) ----------------------------
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products in hardware; without them bf16 is emulated, slowly
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``/proc/cpuinfo``); empty where there is no such file."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    """What torch computes with on this CPU: its vector kernel set and whether bf16 matmuls run in hardware."""
+
+    isa: str  # torch.backends.cpu.get_cpu_capability(): AVX512, AVX2, DEFAULT... (ATEN_CPU_CAPABILITY lowers it)
+    bf16: bool
+
+
+def cpu_kernels(flags: frozenset[str] | None = None, capability: str | None = None,
+                onednn_max_isa: str | None = None) -> CpuKernels:
+    """Torch's kernel set here, and bf16 in hardware: an AVX512-BF16 or AMX flag, AVX-512 kernels in use, and oneDNN
+    (torch's bf16 GEMM) not held below them by ``ONEDNN_MAX_CPU_ISA``. benchmarks/cpu_phases.py measures why it
+    matters: emulated bf16 matmuls run at a small fraction of fp32's speed, real ones several times faster."""
+    if capability is None:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    flags = cpu_flags() if flags is None else flags
+    onednn = (os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL") if onednn_max_isa is None else onednn_max_isa).upper()
+    onednn_allows = onednn in ("ALL", "DEFAULT") or "BF16" in onednn or "AMX" in onednn
+    bf16 = capability.upper().startswith("AVX512") and bool(flags & set(BF16_CPU_FLAGS)) and onednn_allows
+    return CpuKernels(isa=capability.upper(), bf16=bf16)
+
+
+def cpu_recipe(hw: Hardware, load_in_4bit: bool, four_bit_compute: str = "auto", model_dtype: str = "auto") -> str:
+    """One line for notebook 00: how this CPU trains and answers.
+
+    Every CPU computes in :func:`compute_dtype_name`'s fp32, even one with bf16 in hardware, where bf16 matmuls are
+    faster (``benchmarks/results/cpu_phases.md``): a whole course run with the 4-bit layers and the answers in bf16
+    (2026-12-02) left notebook 06's paired interval for tuned + RAG vs base + RAG touching zero, so the course's
+    promise would hold on some CPUs and not others. ``model.torch_dtype: bfloat16`` opts in.
+    """
+    answer = compute_dtype_name(hw, model_dtype)
+    train = (f"4-bit NF4 base, {compute_dtype_name(hw, four_bit_compute)} compute" if load_in_4bit
+             else f"{compute_dtype_name(hw, model_dtype)} base")
+    weights = f"the 4-bit weights unpacked once to {answer}" if load_in_4bit else f"{answer} weights"
+    return (f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
+            f"training on a {train}; answering with {weights}; OpenMP threads "
+            f"{'sleep' if wait_policy() == 'PASSIVE' else 'spin'} while they wait (OMP_WAIT_POLICY={wait_policy()}).")
 
 
 def compute_dtype_name(hw: Hardware, requested: str = "auto") -> str:
@@ -89,6 +155,24 @@ def torch_dtype(name: str):
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
         raise ValueError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.") from None
+
+
+# How OpenMP's idle threads wait. Spinning (the library default) is a little faster alone, but two processes that spin
+# on the same cores starve each other (benchmarks/results/shared_cpu.md: 2 threads with PASSIVE degrade least of the
+# settings measured, spinning ones most). OpenMP reads it once, when torch loads, so
+# ``import ragcourse`` sets it (unless the environment already does) before anything imports torch.
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+
+
+def apply_wait_policy(environ: "os._Environ[str] | dict[str, str] | None" = None) -> str:
+    """Set ``OMP_WAIT_POLICY`` to the course default unless the user chose one; return the value in force."""
+    environ = os.environ if environ is None else environ
+    return environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
+
+
+def wait_policy() -> str:
+    """``OMP_WAIT_POLICY`` as this process has it (OpenMP's default, spinning a while, when unset)."""
+    return os.environ.get("OMP_WAIT_POLICY", "default").upper()
 
 
 # Torch threads when the config leaves ``training.torch_threads`` null: None keeps torch's own default (one per core).
@@ -125,16 +209,20 @@ def cpu_busy_percent(seconds: float = BUSY_PROBE_SECONDS) -> float:
     return max(0.0, everything - mine)
 
 
-def busy_cpu_warning(busy_percent: float, hw: Hardware) -> str | None:
+def busy_cpu_warning(busy_percent: float, hw: Hardware, policy: str | None = None) -> str | None:
     """The sentence notebook 00 prints when other processes already load the CPU this course trains on, else None.
 
     Two processes computing on the same cores each get far less than half of them: benchmarks/shared_cpu.py measures a
-    training step and a generation alone and beside a second busy torch process.
+    training step and a generation alone and beside a second busy torch process. With OpenMP's threads sleeping while
+    they wait (``OMP_WAIT_POLICY=PASSIVE``, the course default) that costs about 2x; with spinning threads, many times
+    more, so a run whose policy is not PASSIVE is told how to get it.
     """
     if hw.device != "cpu" or busy_percent <= BUSY_CPU_PERCENT:
         return None
-    fix = "close the other notebook kernel or program" + (
-        "" if hw.torch_threads <= 1 else ", or set `training.torch_threads: 1` in your config (one core each)")
+    fix = "close the other notebook kernel or program"
+    if (policy or wait_policy()) != "PASSIVE" and hw.torch_threads > 1:
+        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set before torch is imported (`import ragcourse` "
+                "first sets it) so that idle threads sleep instead of spinning against the other process")
     return (f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
             f"here can run several times slower: {fix}.")
 

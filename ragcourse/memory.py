@@ -735,7 +735,8 @@ def presets_table(presets: Sequence[str] | None = None) -> str:
                 continue
             cells.append(f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}")
         lines.append(f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
-                     f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min |")
+                     f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min"
+                     + (f" (AVX2: ~{cfg.expected.total_minutes_avx2:g})" if cfg.expected.total_minutes_avx2 else "") + " |")
     return "\n".join(lines)
 
 

@@ -137,18 +137,19 @@ def course_llm(model: Any, tokenizer: Any, cfg: CourseConfig, name: str = "model
 def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
     """(adapter model, merged model, tokenizer) for notebook 05, section 2, loaded as they are on disk.
 
-    The adapter model is the trained adapter on the base loaded *exactly as in training* (4-bit where the preset
-    trains with QLoRA): what was trained, and small enough to sit beside the 16-bit merged model on every preset's
-    GPU. With its adapter switched off (``course_llm(..., use_adapter=False)``) it is the base model. The merged
+    The adapter model is the trained adapter on the base it trained on (``models.load_for_answers``): on a GPU loaded
+    *exactly as in training* (4-bit where the preset trains with QLoRA), small enough to sit beside the 16-bit merged
+    model on every preset's GPU; on a CPU the same 4-bit weights unpacked once (generating from 4-bit weights on a CPU
+    unpacks them again for every token). With its adapter switched off (``course_llm(..., use_adapter=False)``) it is the base model. The merged
     model is notebook 04's artifact (``pipeline.ensure(cfg, "merged")`` makes it current first).
     """
     from peft import PeftModel
 
     from .merge import load_merged
-    from .models import load_causal_lm
+    from .models import load_for_answers
 
     merged_model, tokenizer = load_merged(cfg)  # the tokenizer saved with it: the adapter's pad token and template
-    adapter_model = PeftModel.from_pretrained(load_causal_lm(cfg), str(cfg.artifact_dir("adapter")))
+    adapter_model = PeftModel.from_pretrained(load_for_answers(cfg), str(cfg.artifact_dir("adapter")))
     return adapter_model.eval(), merged_model.eval(), tokenizer
 
 

@@ -49,10 +49,12 @@ def tested_with() -> str:
     return "Tested with " + ", ".join(f"{k} {v}" for k, v in versions().items())
 
 
-def course_run(preset: str) -> dict[str, dict[str, Any]]:
-    """The measured whole-course run of ``benchmarks/course_run.py`` (``benchmarks/results/course_run_<preset>.json``):
-    each notebook that ran (key ``"03"``) with its wall time and peak memory; {} when the preset was never measured."""
-    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}.json"
+def course_run(preset: str, isa: str = "native") -> dict[str, dict[str, Any]]:
+    """The measured whole-course run of ``benchmarks/course_run.py`` (``benchmarks/results/course_run_<preset>.json``;
+    ``isa="avx2"``: the run with the CPU held to AVX2, ``..._avx2.json``): each notebook that ran (key ``"03"``) with
+    its wall time and peak memory; {} when the preset was never measured so."""
+    suffix = "" if isa == "native" else f"_{isa}"
+    path = project_root() / "benchmarks" / "results" / f"course_run_{preset}{suffix}.json"
     try:
         runs = json.loads(path.read_text(encoding="utf-8"))["notebooks"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -44,9 +46,11 @@ def test_busy_cpu_warning_says_what_to_do():
 
     cpu2, cpu1 = _hw(device="cpu", torch_threads=2), _hw(device="cpu", torch_threads=1)
     assert busy_cpu_warning(0.0, cpu2) is None and busy_cpu_warning(BUSY_CPU_PERCENT, cpu2) is None
-    warning = busy_cpu_warning(80.0, cpu2)
-    assert "80% busy" in warning and "close the other notebook kernel" in warning and "training.torch_threads: 1" in warning
-    assert "torch_threads" not in busy_cpu_warning(80.0, cpu1)  # already one thread: closing the other is what is left
+    warning = busy_cpu_warning(80.0, cpu2, policy="PASSIVE")
+    assert "80% busy" in warning and "close the other notebook kernel" in warning and "OMP_WAIT_POLICY" not in warning
+    spinning = busy_cpu_warning(80.0, cpu2, policy="DEFAULT")  # threads that spin: the setting that collapses
+    assert "OMP_WAIT_POLICY=PASSIVE" in spinning and "before torch is imported" in spinning
+    assert "OMP_WAIT_POLICY" not in busy_cpu_warning(80.0, cpu1, policy="DEFAULT")  # one thread: nothing spins
     assert busy_cpu_warning(80.0, _hw()) is None  # a GPU trains; a busy CPU matters far less there
 
 
@@ -73,6 +77,51 @@ def test_default_torch_threads_is_what_runtime_applies(monkeypatch):
     runtime.start("cpu-smoke", quiet=True, writes=False)
     runtime.start("cpu-smoke", quiet=True, writes=False, training={"torch_threads": 2})  # the config wins
     assert applied == [1, 2]
+
+
+def test_import_sets_the_wait_policy_unless_the_user_chose_one():
+    from ragcourse import hardware
+
+    env: dict[str, str] = {}
+    assert hardware.apply_wait_policy(env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert hardware.apply_wait_policy(env) == "ACTIVE"  # the user's choice stays
+    code = "import os, ragcourse, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    child = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=child, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"  # set by the import, before torch loads OpenMP
+
+
+def test_cpu_kernels_decide_bf16_from_flags_kernels_and_onednn():
+    from ragcourse.hardware import cpu_flags, cpu_kernels, cpu_recipe
+
+    assert "avx2" in cpu_flags("processor : 0\nflags : fpu sse avx2 fma\n")
+    amx = frozenset({"avx2", "avx512f", "amx_bf16"})
+    assert cpu_kernels(amx, "AVX512", "ALL").bf16
+    assert not cpu_kernels(amx, "AVX2", "ALL").bf16  # ATEN_CPU_CAPABILITY=avx2: torch's AVX2 kernels
+    assert not cpu_kernels(amx, "AVX512", "AVX2").bf16  # oneDNN held to AVX2 emulates bf16
+    assert not cpu_kernels(frozenset({"avx2", "avx512f"}), "AVX512", "ALL").bf16  # AVX-512 without BF16
+    here = detect_hardware()
+    assert here.cpu_isa == cpu_kernels().isa and here.cpu_bf16 == cpu_kernels().bf16
+    amx_cpu, avx2_cpu = _hw(device="cpu", cpu_bf16=True), _hw(device="cpu", cpu_bf16=False)
+    # fp32 on every CPU, bf16 in hardware or not: the teaching result of notebook 06 is the same everywhere
+    assert compute_dtype_name(amx_cpu) == compute_dtype_name(avx2_cpu) == "float32"
+    line = cpu_recipe(amx_cpu, load_in_4bit=True)
+    assert "bf16 in hardware" in line and "4-bit NF4 base, float32 compute" in line and "unpacked once to float32" in line
+    assert "bf16 emulated" in cpu_recipe(avx2_cpu, load_in_4bit=True)
+
+
+def test_answers_on_a_cpu_come_from_the_4bit_weights_unpacked_once(cfg):
+    """Same NF4 weights, fp32 layers: greedy answers equal the 4-bit model's, without unpacking per token."""
+    import torch
+
+    cpu = detect_hardware()
+    four_bit, unpacked = models.load_causal_lm(cfg, quantize=True, hw=cpu), models.load_for_answers(cfg, hw=cpu)
+    assert {p.dtype for p in unpacked.parameters()} == {torch.float32}
+    assert not any("4bit" in type(m).__name__ for m in unpacked.modules())
+    tok = models.load_tokenizer(cfg)
+    prompts = [models.chat_prompt(tok, "What is the R-290 charge of the AH-14?")]
+    assert models.generate(four_bit, tok, prompts, 16) == models.generate(unpacked, tok, prompts, 16)
 
 
 def test_embedded_minilm_resolves(cfg):
