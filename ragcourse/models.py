@@ -132,9 +132,8 @@ def load_tokenizer(cfg: CourseConfig, path: str | None = None) -> "PreTrainedTok
     return tokenizer
 
 
-def bnb_config(cfg: CourseConfig, hw: Hardware | None = None, compute_dtype: str | None = None):
-    """``BitsAndBytesConfig`` from the config: NF4, double quantization, compute dtype from the hardware (or
-    ``compute_dtype``)."""
+def bnb_config(cfg: CourseConfig, hw: Hardware | None = None):
+    """``BitsAndBytesConfig`` from the config: NF4, double quantization, compute dtype from the hardware."""
     from transformers import BitsAndBytesConfig
 
     hw = hw or detect_hardware()
@@ -143,7 +142,7 @@ def bnb_config(cfg: CourseConfig, hw: Hardware | None = None, compute_dtype: str
         load_in_4bit=True,
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=torch_dtype(compute_dtype or compute_dtype_name(hw, q.bnb_4bit_compute_dtype)),
+        bnb_4bit_compute_dtype=torch_dtype(compute_dtype_name(hw, q.bnb_4bit_compute_dtype)),
         bnb_4bit_quant_storage=q.bnb_4bit_quant_storage,  # a dtype name; transformers resolves it
     )
 
@@ -173,19 +172,17 @@ def load_causal_lm(
     path: str | None = None,
     hw: Hardware | None = None,
     device: str | None = None,
-    dtype_name: str | None = None,
 ) -> "PreTrainedModel":
     """Load the preset's causal LM, 4-bit (``quantization.load_in_4bit``) or in 16/32-bit.
 
     ``quantize`` overrides the config (notebook 04 merges into a freshly loaded 16-bit base); ``device="cpu"`` keeps
-    it in host memory on a GPU machine (a merge the memory plan does not fit on the GPU); ``dtype_name`` sets the
-    dtype of the unquantized weights and of the 4-bit layers' compute (notebook 04 measures in the merge's dtype).
+    it in host memory on a GPU machine (a merge the memory plan does not fit on the GPU).
     """
     from transformers import AutoModelForCausalLM
 
     hw = hw or detect_hardware()
     quantize = cfg.quantization.load_in_4bit if quantize is None else quantize
-    dtype = torch_dtype(dtype_name or compute_dtype_name(hw, cfg.model.torch_dtype))
+    dtype = torch_dtype(compute_dtype_name(hw, cfg.model.torch_dtype))
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": cfg.model.attn_implementation,
@@ -194,7 +191,7 @@ def load_causal_lm(
         "revision": cfg.model.revision,
     }
     if quantize:
-        kwargs["quantization_config"] = bnb_config(cfg, hw, dtype_name)
+        kwargs["quantization_config"] = bnb_config(cfg, hw)
     if hw.device == "cuda" and device != "cpu":
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg), **kwargs)
@@ -215,11 +212,9 @@ def load_for_answers(cfg: CourseConfig, quantize: bool | None = None, path: str 
     hw = hw or detect_hardware()
     if hw.device != "cpu":
         return load_causal_lm(cfg, quantize, path, hw)
-    name = compute_dtype_name(hw, cfg.model.torch_dtype)
     quantize = cfg.quantization.load_in_4bit if quantize is None else quantize
-    model = load_causal_lm(cfg, quantize, path, hw, dtype_name=name)
-    # dequantize() unpacks the 4-bit layers; the embeddings and norms were loaded in `name` already
-    return model.dequantize(dtype=torch_dtype(name)).to(torch_dtype(name)) if quantize else model
+    model = load_causal_lm(cfg, quantize, path, hw)  # embeddings and norms already in the compute dtype
+    return model.dequantize(dtype=torch_dtype(compute_dtype_name(hw, cfg.model.torch_dtype))) if quantize else model
 
 
 def chat_prompt(tokenizer: "PreTrainedTokenizerBase", user: str, system: str | None = None) -> str:

@@ -140,8 +140,8 @@ def load_models(cfg: CourseConfig) -> tuple[Any, Any, Any]:
     The adapter model is the trained adapter on the base it trained on (``models.load_for_answers``): on a GPU loaded
     *exactly as in training* (4-bit where the preset trains with QLoRA), small enough to sit beside the 16-bit merged
     model on every preset's GPU; on a CPU the same 4-bit weights unpacked once (generating from 4-bit weights on a CPU
-    unpacks them again for every token). With its adapter switched off (``course_llm(..., use_adapter=False)``) it is the base model. The merged
-    model is notebook 04's artifact (``pipeline.ensure(cfg, "merged")`` makes it current first).
+    unpacks them again for every token). With its adapter switched off (``course_llm(..., use_adapter=False)``) it
+    is the base model. The merged model is notebook 04's artifact (``pipeline.ensure(cfg, "merged")`` makes it current first).
     """
     from peft import PeftModel
 

@@ -18,12 +18,9 @@ def test_the_cpu_smoke_row_is_the_measured_course_run():
     table = prose.prerequisites_table("03")
     measured = course_run("cpu-smoke")["03"]
     row = next(line for line in table.splitlines() if line.startswith("| `cpu-smoke`"))
-    avx2 = course_run("cpu-smoke", "avx2").get("03")
-    if avx2:  # both kernel sets measured: both named
-        assert (f"{measured['wall_seconds'] / 60:.1f} min with AVX-512, {avx2['wall_seconds'] / 60:.1f} min with AVX2 "
-                "only (measured)") in row
-    else:
-        assert f"{measured['wall_seconds'] / 60:.1f} min (measured)" in row
+    avx2 = course_run("cpu-smoke", "avx2")["03"]  # both kernel sets are measured, and both are named
+    assert (f"{measured['wall_seconds'] / 60:.1f} min with AVX-512, {avx2['wall_seconds'] / 60:.1f} min with AVX2 "
+            "only (measured)") in row
     assert re.search(r"\| \d+ \| \d+ \|$", row)  # training steps and validations from the recipe check
 
 
