@@ -94,6 +94,11 @@ class DataConfig:
     target_style: str = "quote-then-answer"
     # RAFT's P: fraction of training examples whose context contains the oracle passage.
     oracle_fraction: float = 0.8
+    # Share of the training sample whose target is the refusal (None: as the questions fall). Extra refusal examples
+    # come from ``refusal_source``: "near-miss" (a training question again, its oracle removed, so only the passages the
+    # retriever ranks next remain) or "unanswerable" (the unanswerable questions again, their passages in another order).
+    refusal_share: float | None = None
+    refusal_source: str = "near-miss"
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     dedup_threshold: float = 0.85
     max_train_examples: int | None = None
@@ -384,7 +389,7 @@ RANGES: dict[str, tuple[str, ...]] = {
     "(0, inf)": ("expected.peak_memory_gb", "expected.total_minutes", "expected.total_minutes_avx2", "lora.lora_alpha",
                  "training.num_train_epochs"),
     "[16, inf)": ("model.max_length", "data.chunk_size"),
-    "[0, 1]": ("data.oracle_fraction", "rag.dense_weight"),
+    "[0, 1]": ("data.oracle_fraction", "data.refusal_share", "rag.dense_weight"),
     "(0, 1]": ("data.dedup_threshold", "training.learning_rate"),
     "[0, 1)": ("lora.lora_dropout",),
     "(0, 1)": ("evaluation.confidence",),
@@ -403,6 +408,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
                                    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
                                    "cosine_warmup_with_min_lr", "warmup_stable_decay"),
     "data.target_style": TARGET_STYLES,
+    "data.refusal_source": ("near-miss", "unanswerable"),
     "training.report_to": ("none", "tensorboard", "trackio", "wandb", "mlflow"),
     "rag.retriever": ("dense", "bm25", "hybrid"),
     "rag.vector_store": ("simple", "qdrant", "postgres"),

@@ -766,8 +766,45 @@ def prepare(cfg: CourseConfig, tokenizer: Any = None, synthetic: SyntheticResult
                 continue
             examples[split].append(ex)
         rng.shuffle(examples[split])
+        if split == "train" and cfg.data.refusal_share is not None:
+            examples[split] = with_refusal_share(examples[split], qa_splits[split], nodes, retriever, allowed, cfg,
+                                                 tokenizer, limits[split])
         examples[split] = examples[split][:limits[split]]  # a random sample keeps the mix of question types
     return PreparedData(docs, chunks, qa_splits, examples, leakage_report(examples, removed), synthetic, dropped)
+
+
+def with_refusal_share(train: list[dict[str, Any]], items: Sequence[dict[str, Any]], nodes: dict[str, "TextNode"],
+                       retriever: Any, allowed: set[str], cfg: CourseConfig, tokenizer: Any = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+    """The training sample with ``data.refusal_share`` of refusal targets (the rest keeps its order and mix).
+
+    Extra refusals are built, not copied: with ``refusal_source: near-miss`` a training question (drawn from all of
+    them) whose oracle is removed, so the context holds only the passages the retriever ranks next to it; with
+    ``unanswerable`` an unanswerable question again, its passages in another order. A separate random stream draws
+    them, so the validation and test splits stay the same. (Making every such question also appear *with* its oracle
+    in the sample was measured too, on ``cpu-smoke``: the 135M model then refused nothing and answered fewer
+    questions; see the note in ``benchmarks/refusal_recipes.py``.)
+    """
+    n = min(limit or len(train), len(train))
+    want = round(cfg.data.refusal_share * n)
+    refusals = [ex for ex in train if ex["completion"][0]["content"] == prompts.NOT_IN_DOCUMENTS]
+    answers = [ex for ex in train if ex["completion"][0]["content"] != prompts.NOT_IN_DOCUMENTS]
+    rng = random.Random(cfg.training.seed + 1)
+    source = [it for it in items if (it["type"] == "unanswerable") == (cfg.data.refusal_source == "unanswerable")]
+    extra: list[dict[str, Any]] = []
+    for item in rng.sample(source, len(source)) * max(1, -(-want // max(len(source), 1))):
+        if len(refusals) + len(extra) >= want:
+            break
+        ranked = [h.node.node_id for h in retriever.retrieve(item["question"]) if h.node.node_id in allowed]
+        ex = raft_example(item, nodes, ranked, cfg.data.num_distractors, False, rng, cfg.model.system_prompt,
+                          pool=sorted(allowed), target_style=cfg.data.target_style,
+                          filter_instructions=cfg.rag.filter_instructions)
+        if tokenizer is None or example_tokens(ex, tokenizer) <= cfg.model.max_length:
+            extra.append({**ex, "id": f"{ex['id']}-refuse{len(extra)}"})
+    refusals = (refusals + extra)[:want]
+    sample = refusals + answers[: n - len(refusals)]
+    rng.shuffle(sample)
+    return sample
 
 
 def example_tokens(example: dict[str, Any], tokenizer: Any) -> int:

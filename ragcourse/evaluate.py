@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import prompts, scoring
-from .config import CourseConfig
+from .config import CourseConfig, project_root
 
 CONDITIONS = ("base closed-book", "base + RAG", "tuned closed-book", "tuned + RAG")
 NON_LLM_METRICS = ("non_llm_context_precision_with_reference", "non_llm_context_recall", "non_llm_string_similarity",
@@ -269,17 +269,106 @@ def summary(per_question: Any, metrics: Sequence[str], confidence: float = 0.95,
     return pd.DataFrame(rows)
 
 
-def refusal_table(per_question: Any):
-    """Right refusals (on unanswerable questions) and wrong refusals (on answerable ones), per condition."""
+def refusal_table(per_question: Any, confidence: float = 0.95, n_resamples: int = 2000):
+    """Refusals per condition, each rate with its bootstrap interval (notebook 06, section 4).
+
+    * **right refusals**: refusals on the refusal cases: the unanswerable questions, and (with retrieval) the answerable
+      ones whose retrieved passages do not hold the key fact: the passages the model was given do not answer them;
+    * **wrong refusals**: refusals on the answerable questions whose passages do hold it (closed-book: on every
+      answerable question, since the course's model should answer what it knows);
+    * **answer correct**: the key fact in the answer, on those same answerable questions.
+    """
     import pandas as pd
+
+    def rate(hits: Any) -> str:
+        values = [float(v) for v in hits]
+        mean, low, high = bootstrap_ci(values, confidence, n_resamples)
+        return f"{int(sum(values))}/{len(values)} = {mean:.2f} [{low:.2f}, {high:.2f}]" if values else "–"
 
     out = []
     for condition, g in per_question.groupby("condition", sort=False):
-        unans, ans = g[g.type == "unanswerable"], g[g.type != "unanswerable"]
+        cases = g.apply(refusal_case, axis=1)
+        answerable = g[~cases]
         out.append({"condition": condition,
-                    "right refusals": f"{int(unans.right_refusal.sum())}/{len(unans)}",
-                    "wrong refusals": f"{int(ans.wrong_refusal.sum())}/{len(ans)}"})
+                    "refusal cases (unanswerable + passages miss the answer)": f"{int((g.type == 'unanswerable').sum())} + {int((cases & (g.type != 'unanswerable')).sum())}",
+                    "right refusals": rate(g[cases].refused), "wrong refusals": rate(answerable.refused),
+                    "answer correct (answerable)": rate(answerable.answer_correct)})
     return pd.DataFrame(out)
+
+
+def refusal_case(row: Mapping[str, Any]) -> bool:
+    """The right answer is a refusal: the question is unanswerable, or retrieval gave passages without its key fact."""
+    if row["type"] == "unanswerable":
+        return True
+    contexts = row.get("contexts")
+    if contexts is None or len(contexts) == 0:  # closed-book: no passages were given, the model may know it
+        return False
+    key = scoring.squash(row["key_fact"])
+    return bool(key) and not any(key in scoring.squash(c) for c in contexts)
+
+
+def refusal_counts(per_question: Any, condition: str) -> dict[str, int]:
+    """Right refusals, refusal cases, wrong refusals and answerable questions of one condition (notebook 06's checks)."""
+    g = per_question[per_question.condition == condition]
+    cases = g.apply(refusal_case, axis=1)
+    return {"right": int(g[cases].refused.sum()), "cases": int(cases.sum()),
+            "unanswerable_right": int(g[g.type == "unanswerable"].refused.sum()), "unanswerable": int((g.type == "unanswerable").sum()),
+            "wrong": int(g[~cases].refused.sum()), "answerable": int((~cases).sum())}
+
+
+def refusal_recipes(preset: str):
+    """The training mixes measured side by side for refusals on ``preset`` (``benchmarks/refusal_recipes.py``), one row
+    each, as notebook 06 shows them; an empty table when that preset was never measured."""
+    import pandas as pd
+
+    path = project_root() / "benchmarks" / "results" / f"refusal_recipes_{preset}.json"
+    try:
+        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    except (OSError, ValueError, KeyError):
+        return pd.DataFrame()
+
+    def share(ci: Sequence[float], hits: int, n: int) -> str:
+        return f"{hits}/{n} = {ci[0]:.2f} [{ci[1]:.2f}, {ci[2]:.2f}]"
+
+    rows = []
+    for r in runs:
+        t, c, d = r["tuned"], r["tuned"]["counts"], r["tuned_minus_base"]
+        rows.append({"recipe": r["variant"], "training targets that refuse": f"{r['train_refusals']}/{r['train_examples']}",
+                     "answer correct (answerable)": share(t["answer_correct"], c["correct_answerable"], c["answerable"]),
+                     "right refusals: unanswerable": f"{t['right_refusals_unanswerable']}/{c['unanswerable']}",
+                     "right refusals: oracle removed": f"{t['right_refusals_no_oracle']}/{c['no_oracle']}",
+                     "wrong refusals": share(t["wrong_refusals"], c["refused_answerable"], c["answerable"]),
+                     "tuned − base (all prompts)": f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"})
+    return pd.DataFrame(rows)
+
+
+def transfer_sentence(preset: str) -> str | None:
+    """What ``benchmarks/transfer.py`` measured for ``preset``'s adapter on documents it never saw, as notebook 06's
+    sentence for a learner's own domain (computed from the result; None when it was never measured)."""
+    path = project_root() / "benchmarks" / "results" / f"transfer_{preset}.json"
+    try:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        f1, key, cond, n = (r["tuned_minus_base"]["token_f1"], r["tuned_minus_base"]["answer_correct"], r["conditions"],
+                            r["corpus"]["questions"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+    def change(d: Mapping[str, float]) -> str:
+        side = "above" if d["low"] > 0 else "below" if d["high"] < 0 else "around"
+        return f"{d['mean']:+.3f} (interval [{d['low']:+.3f}, {d['high']:+.3f}], {side} zero)"
+
+    tuned, base = cond["tuned + RAG"], cond["base + RAG"]
+    if key["low"] > 0:
+        meaning = "it carries over beyond its form; still, check it on your own test questions before relying on it"
+    elif f1["high"] < 0 or key["high"] < 0:
+        meaning = "it makes answers worse on other documents: train an adapter on your own"
+    else:
+        meaning = ("the answer form carries over to new documents, finding their facts does not: "
+                   "train the adapter on your own documents")
+    return (f"On documentation it never saw ({n} questions over {r['corpus']['documents']} installed packages' READMEs, "
+            f"`benchmarks/transfer.py`), this preset's adapter kept its answer form ({tuned['trained_form']} of {n} answers "
+            f"cite a passage; the base model's: {base['trained_form']}); with retrieval, tuned minus base was "
+            f"{change(f1)} in token F1 and {change(key)} in key-fact matches: {meaning}.")
 
 
 def conclusion(cmp: PairedComparison, a: str, b: str, confidence: float) -> str:
@@ -399,5 +488,6 @@ def run(cfg: CourseConfig, judge_samples: int | None = None) -> Path:
         judge_rows = [r for r in rows if r["condition"] == "tuned + RAG"][:n_judge]
         judge = llm_judged_scores(judge_rows, judge_llm(cfg), cfg)
     sentences = [conclusion(c, "tuned + RAG", "base + RAG", cfg.evaluation.confidence) for c in comparisons]
-    return write_report(cfg.artifact_dir("eval"), table, refusal_table(per_question), comparisons, sentences, judge,
+    refusals = refusal_table(per_question, cfg.evaluation.confidence, cfg.evaluation.bootstrap_samples)
+    return write_report(cfg.artifact_dir("eval"), table, refusals, comparisons, sentences, judge,
                         per_question, cfg)

@@ -194,6 +194,36 @@ def test_raft_example_without_oracle_refuses_and_hides_the_answer():
     assert target == f"It is 1.45 kg. [{cited['context_ids'].index('d#0') + 1}]" and prompts.in_trained_form(target, "answer-then-cite")
 
 
+def test_refusal_share_adds_near_miss_refusals_and_keeps_the_sample_size():
+    """data.refusal_share: the extra refusals are training questions without their oracle (near-miss passages only,
+    none holding the key fact), or the unanswerable questions again; the sample keeps its size."""
+    from types import SimpleNamespace
+
+    from llama_index.core.schema import TextNode
+
+    nodes = {f"d{i}#0": TextNode(text=f"Unit {i} holds {i}.5 kg of charge.", id_=f"d{i}#0",
+                                 metadata={"doc_id": f"d{i}", "title": "T", "section": "S"}) for i in range(12)}
+    items = [{"id": f"q{i}", "type": "numeric", "question": f"What charge does unit {i} hold?", "answer": f"{i}.5 kg.",
+              "key_fact": f"{i}.5 kg", "doc_ids": [f"d{i}"], "supporting_passages": [f"Unit {i} holds {i}.5 kg of charge."],
+              "oracle_ids": [f"d{i}#0"]} for i in range(10)]
+    items.append({"id": "u", "type": "unanswerable", "question": "What does unit 3 cost?", "answer": "", "key_fact": "",
+                  "doc_ids": [], "supporting_passages": [], "oracle_ids": []})
+    retriever = SimpleNamespace(retrieve=lambda q: [SimpleNamespace(node=n) for n in nodes.values()])
+    train = [data.raft_example(it, nodes, list(nodes), 2, True, random.Random(0), "sys", target_style="answer-then-cite")
+             for it in items]
+    cfg = load_config("cpu-smoke", data={"refusal_share": 0.4, "num_distractors": 2})
+    sample = data.with_refusal_share(train, items, nodes, retriever, set(nodes), cfg, limit=10)
+    refused = [ex for ex in sample if ex["completion"][0]["content"] == prompts.NOT_IN_DOCUMENTS]
+    assert len(sample) == 10 and len(refused) == 4 and "u" in {ex["id"] for ex in refused}
+    for ex in refused:
+        if ex["id"] != "u":  # a training question without its oracle, and without any passage holding its key fact
+            assert "-refuse" in ex["id"] and not ex["has_oracle"] and not set(ex["context_ids"]) & set(ex["oracle_ids"])
+            assert not any(ex["key_fact"] in c for c in ex["contexts"])
+    cfg = load_config("cpu-smoke", data={"refusal_share": 0.3, "refusal_source": "unanswerable", "num_distractors": 2})
+    sample = data.with_refusal_share(train, items, nodes, retriever, set(nodes), cfg, limit=10)
+    assert [ex["type"] for ex in sample if ex["completion"][0]["content"] == prompts.NOT_IN_DOCUMENTS] == ["unanswerable"] * 3
+
+
 @pytest.mark.slow
 def test_adapt_to_real_documentation(tmp_path):
     """One config key points the pipeline at documentation nobody here wrote (installed packages' READMEs)."""

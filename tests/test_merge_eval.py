@@ -77,13 +77,22 @@ def test_score_rows_and_refusals():
     import pandas as pd
 
     examples = [{"id": "a", "type": "numeric", "question": "q1", "answer": "3 m", "key_fact": "3 m", "contexts": ["c"]},
-                {"id": "b", "type": "unanswerable", "question": "q2", "answer": "The documents do not contain it.", "key_fact": "", "contexts": []}]
-    answers = [{"answer": "Answer: 3 m", "contexts": ["c"], "context_ids": ["x#0"]},
-               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": [], "context_ids": []}]
+                {"id": "b", "type": "unanswerable", "question": "q2", "answer": "The documents do not contain it.", "key_fact": "", "contexts": []},
+                {"id": "c", "type": "numeric", "question": "q3", "answer": "2 kg", "key_fact": "2 kg", "contexts": ["c"]}]
+    answers = [{"answer": "Answer: 3 m", "contexts": ["The gap is 3 m."], "context_ids": ["x#0"]},
+               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Nothing about it."], "context_ids": ["y#0"]},
+               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Retrieval missed: no weight here."], "context_ids": ["z#0"]}]
     rows = evaluate.score_rows(examples, answers, "tuned + RAG")
-    assert [r["answer_correct"] for r in rows] == [1.0, 1.0]
-    table = evaluate.refusal_table(pd.DataFrame(rows))
-    assert table.iloc[0]["right refusals"] == "1/1" and table.iloc[0]["wrong refusals"] == "0/1"
+    assert [r["answer_correct"] for r in rows] == [1.0, 1.0, 0.0]  # an answerable question still wants its key fact
+    frame = pd.DataFrame(rows)
+    table = evaluate.refusal_table(frame)
+    # Refusal cases: the unanswerable question and the one whose passages miss its key fact; both refused.
+    assert table.iloc[0]["refusal cases (unanswerable + passages miss the answer)"] == "1 + 1"
+    assert table.iloc[0]["right refusals"].startswith("2/2 = 1.00") and table.iloc[0]["wrong refusals"].startswith("0/1 = 0.00")
+    assert evaluate.refusal_counts(frame, "tuned + RAG") == {"right": 2, "cases": 2, "unanswerable_right": 1,
+                                                            "unanswerable": 1, "wrong": 0, "answerable": 1}
+    closed = pd.DataFrame(evaluate.score_rows(examples, [{**a, "contexts": []} for a in answers], "tuned closed-book"))
+    assert evaluate.refusal_counts(closed, "tuned closed-book")["wrong"] == 1  # no passages: it should have answered
 
 
 def test_non_llm_ragas_metrics_run_offline():
@@ -143,3 +152,26 @@ def test_evaluation_holds_one_model_at_a_time(smoke):
     examples = evaluate.test_examples(smoke)[:2]
     rows = evaluate.four_way_answers(smoke, examples, lambda q: [], {n: tracked(n) for n in ("tuned", "base")})
     assert len(rows) == 4 * len(examples) and len(alive) == 2 and alive[-1]() is None
+
+
+def test_notebook_06_reads_the_refusal_and_transfer_benchmarks():
+    """Notebook 06's refusal-recipes table and transfer sentence come from the committed results, number for number."""
+    import json
+
+    from ragcourse.config import project_root
+
+    results = project_root() / "benchmarks" / "results"
+    runs = json.loads((results / "refusal_recipes_cpu-smoke.json").read_text())["runs"]
+    table = evaluate.refusal_recipes("cpu-smoke")
+    assert table.recipe.tolist() == [r["variant"] for r in runs]
+    for row, run in zip(table.to_dict("records"), runs):
+        c = run["tuned"]["counts"]
+        assert row["wrong refusals"].startswith(f"{c['refused_answerable']}/{c['answerable']} = ")
+        assert row["right refusals: unanswerable"] == f"{run['tuned']['right_refusals_unanswerable']}/{c['unanswerable']}"
+    assert evaluate.refusal_recipes("no-such-preset").empty and evaluate.transfer_sentence("no-such-preset") is None
+    transfer = json.loads((results / "transfer_cpu-smoke.json").read_text())
+    sentence = evaluate.transfer_sentence("cpu-smoke")
+    f1 = transfer["tuned_minus_base"]["token_f1"]
+    assert f"{transfer['conditions']['tuned + RAG']['trained_form']} of {transfer['corpus']['questions']} answers" in sentence
+    assert f"{f1['mean']:+.3f} (interval [{f1['low']:+.3f}, {f1['high']:+.3f}]" in sentence
+
