@@ -61,6 +61,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
                           "answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged"),
 }
 DPO = {"pairs_per_kind": 16, "learning_rate": 5e-4, "beta": 0.1, "batch": 4}
+VARIANTS["near-miss-25-2ep"] = ({"refusal_share": 0.25, "refusal_source": "near-miss"},
+                                "near-miss-25 trained for two epochs instead of one (twice the steps)")
+TRAINING: dict[str, dict[str, Any]] = {"near-miss-25-2ep": {"num_train_epochs": 2}}  # training overrides per variant
 
 
 def test_prompts(cfg: Any, dataset: Any, tokenizer: Any) -> list[dict[str, Any]]:
@@ -133,7 +136,7 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     from ragcourse.evaluate import paired_comparison
 
     overrides, what = VARIANTS[name]
-    cfg = load_config(PRESET, paths={"output_root": str(root / name)}, data=overrides)
+    cfg = load_config(PRESET, paths={"output_root": str(root / name)}, data=overrides, training=TRAINING.get(name, {}))
     base_run = root / name.removesuffix("+dpo")
     if name.endswith("+dpo") and base_run.is_dir() and not (root / name).exists():
         shutil.copytree(base_run, root / name)  # the same SFT stage: pipeline.ensure reuses its dataset and adapter
@@ -163,7 +166,8 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     tuned = scores(cases, tuned_answers)
     base = base_cache[key]["scores"]
     diff = paired_comparison(tuned["correct_all"], base["correct_all"], "answer_correct")
-    return {"variant": name, "what": what, "data": overrides, **({"dpo": DPO} if t_dpo is not None else {}), "train_examples": len(dataset["train"]),
+    return {"variant": name, "what": what, "data": overrides, **({"training": TRAINING[name]} if name in TRAINING else {}),
+            **({"dpo": DPO} if t_dpo is not None else {}), "train_examples": len(dataset["train"]),
             "train_refusals": int(train_mix), "seconds": {"data": round(t_data), "train": round(t_train) if t_train is not None else None, "answer": round(t_answer),
                                                    **({"dpo": t_dpo} if t_dpo is not None else {})},
             "tuned": {k: v for k, v in tuned.items() if k != "correct_all"},
@@ -265,6 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"{r['variant']}: {r['train_examples']} training examples and {r['base']['counts']['answerable']} answerable "
                              f"test questions fit `model.max_length`; the untuned model on its prompts: {untuned(r['base'])}.")
     lines += ["", "Variants:", ""] + [f"- **{r['variant']}**: {r['what']} (`data: {json.dumps(r['data'])}`"
+                                      + (f"; training: `{json.dumps(r['training'])}`" if r.get("training") else "")
                                       + (f"; DPO: `{json.dumps(r['dpo'])}`" if r.get("dpo") else "") + ")" for r in result["runs"]]
     return "\n".join(lines) + "\n"
 
