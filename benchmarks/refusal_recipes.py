@@ -1,8 +1,8 @@
 """Refusal recipes side by side on ``cpu-smoke`` (issue 19): which training mix teaches the 135M model to say
 "Not in the documents" when the passages do not hold the answer, without refusing the questions they do answer.
 
-Each variant is the preset with a few ``data`` values changed; it builds its own dataset and adapter from scratch under
-``--output-root`` (the course's own ``data.build_dataset`` and ``train.train``), then answers, greedily, from the 4-bit
+Each variant is the preset with a few config values changed; it builds its own dataset and adapter from scratch under
+``--output-root`` (``pipeline.ensure``, as the CLI does; a ``+dpo`` variant reuses its SFT variant's), then answers, greedily, from the 4-bit
 weights unpacked once (``models.load_for_answers``, as notebooks 05 and 06 do on a CPU):
 
 * the test split's RAFT prompts (every answerable question with its oracle passage among its distractors, and the
@@ -43,27 +43,24 @@ import ragcourse  # noqa: E402,F401  (sets the OpenMP wait policy before torch l
 
 RESULTS = HERE / "results"
 PRESET = "cpu-smoke"
-# name: (data overrides, what it tries)
-VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+# name: (config overrides by section, what it tries)
+VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
     "baseline": ({}, "the preset as it is: every oracle kept, refusals only from the unanswerable questions"),
-    "near-miss-25": ({"refusal_share": 0.25, "refusal_source": "near-miss"},
+    "near-miss-25": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
                      "25% refusals; the extra ones are training questions with their oracle removed (near-miss passages)"),
-    "unanswerable-25": ({"refusal_share": 0.25, "refusal_source": "unanswerable"},
+    "unanswerable-25": ({"data": {"refusal_share": 0.25, "refusal_source": "unanswerable"}},
                         "25% refusals; the extra ones are the unanswerable questions again"),
-    "near-miss-33": ({"refusal_share": 0.33, "refusal_source": "near-miss"}, "33% refusals from near-miss copies"),
-    "near-miss-40": ({"refusal_share": 0.40, "refusal_source": "near-miss"}, "40% refusals from near-miss copies"),
-    "oracle-0.8": ({"oracle_fraction": 0.8}, "RAFT's P = 0.8: a fifth of the training questions lose their oracle"),
-    "near-miss-25+dpo": ({"refusal_share": 0.25, "refusal_source": "near-miss"},
+    "near-miss-40": ({"data": {"refusal_share": 0.40, "refusal_source": "near-miss"}}, "40% refusals from near-miss copies"),
+    "near-miss-25+dpo": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
                          "near-miss-25, then a short DPO stage (TRL's DPOTrainer on the SFT adapter, its copy as the "
                          "reference): refusal preferred to the answer without the oracle and to the SFT model's own answer "
                          "to an unanswerable question, the answer preferred to the refusal with the oracle"),
-    "quote-then-answer": ({"target_style": "quote-then-answer"}, "RAFT's own answer style (quote the passage, then "
-                          "answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged"),
+    "quote-then-answer": ({"data": {"target_style": "quote-then-answer"}}, "RAFT's own answer style (quote the passage, "
+                          "then answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged"),
+    "near-miss-25-2ep": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "training": {"num_train_epochs": 2}},
+                         "near-miss-25 trained for two epochs instead of one (twice the steps)"),
 }
 DPO = {"pairs_per_kind": 16, "learning_rate": 5e-4, "beta": 0.1, "batch": 4}
-VARIANTS["near-miss-25-2ep"] = ({"refusal_share": 0.25, "refusal_source": "near-miss"},
-                                "near-miss-25 trained for two epochs instead of one (twice the steps)")
-TRAINING: dict[str, dict[str, Any]] = {"near-miss-25-2ep": {"num_train_epochs": 2}}  # training overrides per variant
 
 
 def test_prompts(cfg: Any, dataset: Any, tokenizer: Any) -> list[dict[str, Any]]:
@@ -136,7 +133,7 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     from ragcourse.evaluate import paired_comparison
 
     overrides, what = VARIANTS[name]
-    cfg = load_config(PRESET, paths={"output_root": str(root / name)}, data=overrides, training=TRAINING.get(name, {}))
+    cfg = load_config(PRESET, paths={"output_root": str(root / name)}, **overrides)
     base_run = root / name.removesuffix("+dpo")
     if name.endswith("+dpo") and base_run.is_dir() and not (root / name).exists():
         shutil.copytree(base_run, root / name)  # the same SFT stage: pipeline.ensure reuses its dataset and adapter
@@ -166,7 +163,8 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     tuned = scores(cases, tuned_answers)
     base = base_cache[key]["scores"]
     diff = paired_comparison(tuned["correct_all"], base["correct_all"], "answer_correct")
-    return {"variant": name, "what": what, "data": overrides, **({"training": TRAINING[name]} if name in TRAINING else {}),
+    return {"variant": name, "what": what, "data": overrides.get("data", {}),
+            **({"training": overrides["training"]} if "training" in overrides else {}),
             **({"dpo": DPO} if t_dpo is not None else {}), "train_examples": len(dataset["train"]),
             "train_refusals": int(train_mix), "seconds": {"data": round(t_data), "train": round(t_train) if t_train is not None else None, "answer": round(t_answer),
                                                    **({"dpo": t_dpo} if t_dpo is not None else {})},
@@ -235,7 +233,7 @@ def preference_stage(cfg: Any, dataset: Any, adapter: Path) -> Path:
     return out
 
 
-def fmt(ci: list[float], n: int | None = None) -> str:
+def fmt(ci: list[float]) -> str:
     mean, low, high = ci
     return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 

@@ -62,18 +62,18 @@ def answer_questions(model: Any, tokenizer: Any, system_prompt: str, examples: S
 
 
 def score_rows(examples: Sequence[Mapping[str, Any]], answers: Sequence[Mapping[str, Any]], condition: str) -> list[dict[str, Any]]:
-    """Readable per-question scores: key-fact correctness, token F1, refusals (right and wrong)."""
+    """Readable per-question scores: key-fact correctness, token F1, refusals (right and wrong: :func:`refusal_case`)."""
     out = []
     for ex, ans in zip(examples, answers):
         judged = {**ex, "has_oracle": True}  # with or without retrieval, an answerable question wants its key fact
         refused = prompts.is_refusal(ans["answer"])
-        unanswerable = ex["type"] == "unanswerable"
+        case = refusal_case({"type": ex["type"], "key_fact": ex["key_fact"], "contexts": ans["contexts"]})
         out.append({
             "condition": condition, "id": ex["id"], "type": ex["type"], "question": ex["question"],
             "reference": ex["answer"], "key_fact": ex["key_fact"], "answer": ans["answer"],
             "answer_correct": float(scoring.is_correct(judged, ans["answer"])),
             "token_f1": scoring.token_f1(ans["answer"], ex["answer"]),
-            "refused": refused, "right_refusal": refused and unanswerable, "wrong_refusal": refused and not unanswerable,
+            "refused": refused, "refusal_case": case, "right_refusal": refused and case, "wrong_refusal": refused and not case,
             "contexts": list(ans["contexts"]), "context_ids": list(ans["context_ids"]),
             "reference_contexts": list(ex.get("supporting_passages") or ex.get("contexts") or []),
         })
@@ -270,7 +270,7 @@ def summary(per_question: Any, metrics: Sequence[str], confidence: float = 0.95,
 
 
 def refusal_table(per_question: Any, confidence: float = 0.95, n_resamples: int = 2000):
-    """Refusals per condition, each rate with its bootstrap interval (notebook 06, section 4).
+    """Refusals per condition, each rate with its bootstrap interval (notebook 06, section 3).
 
     * **right refusals**: refusals on the refusal cases: the unanswerable questions, and (with retrieval) the answerable
       ones whose retrieved passages do not hold the key fact: the passages the model was given do not answer them;
@@ -287,11 +287,11 @@ def refusal_table(per_question: Any, confidence: float = 0.95, n_resamples: int 
 
     out = []
     for condition, g in per_question.groupby("condition", sort=False):
-        cases = g.apply(refusal_case, axis=1)
-        answerable = g[~cases]
+        cases, answerable = g[g.refusal_case], g[~g.refusal_case]
+        unanswerable = int((cases.type == "unanswerable").sum())
         out.append({"condition": condition,
-                    "refusal cases (unanswerable + passages miss the answer)": f"{int((g.type == 'unanswerable').sum())} + {int((cases & (g.type != 'unanswerable')).sum())}",
-                    "right refusals": rate(g[cases].refused), "wrong refusals": rate(answerable.refused),
+                    "refusal cases (unanswerable + passages miss the answer)": f"{unanswerable} + {len(cases) - unanswerable}",
+                    "right refusals": rate(cases.right_refusal), "wrong refusals": rate(answerable.wrong_refusal),
                     "answer correct (answerable)": rate(answerable.answer_correct)})
     return pd.DataFrame(out)
 
@@ -310,10 +310,10 @@ def refusal_case(row: Mapping[str, Any]) -> bool:
 def refusal_counts(per_question: Any, condition: str) -> dict[str, int]:
     """Right refusals, refusal cases, wrong refusals and answerable questions of one condition (notebook 06's checks)."""
     g = per_question[per_question.condition == condition]
-    cases = g.apply(refusal_case, axis=1)
-    return {"right": int(g[cases].refused.sum()), "cases": int(cases.sum()),
-            "unanswerable_right": int(g[g.type == "unanswerable"].refused.sum()), "unanswerable": int((g.type == "unanswerable").sum()),
-            "wrong": int(g[~cases].refused.sum()), "answerable": int((~cases).sum())}
+    unanswerable = g[g.type == "unanswerable"]
+    return {"right": int(g.right_refusal.sum()), "cases": int(g.refusal_case.sum()),
+            "unanswerable_right": int(unanswerable.right_refusal.sum()), "unanswerable": len(unanswerable),
+            "wrong": int(g.wrong_refusal.sum()), "answerable": int((~g.refusal_case).sum())}
 
 
 def refusal_recipes(preset: str):

@@ -84,6 +84,8 @@ def test_score_rows_and_refusals():
                {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Retrieval missed: no weight here."], "context_ids": ["z#0"]}]
     rows = evaluate.score_rows(examples, answers, "tuned + RAG")
     assert [r["answer_correct"] for r in rows] == [1.0, 1.0, 0.0]  # an answerable question still wants its key fact
+    assert [(r["refusal_case"], r["right_refusal"], r["wrong_refusal"]) for r in rows] == [
+        (False, False, False), (True, True, False), (True, True, False)]
     frame = pd.DataFrame(rows)
     table = evaluate.refusal_table(frame)
     # Refusal cases: the unanswerable question and the one whose passages miss its key fact; both refused.
