@@ -134,8 +134,20 @@ def cpu_recipe(hw: Hardware, load_in_4bit: bool, four_bit_compute: str = "auto",
              else f"{compute_dtype_name(hw, model_dtype)} base")
     weights = f"the 4-bit weights unpacked once to {answer}" if load_in_4bit else f"{answer} weights"
     return (f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
-            f"training on a {train}; answering with {weights}; OpenMP threads "
+            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; OpenMP threads "
             f"{'sleep' if wait_policy() == 'PASSIVE' else 'spin'} while they wait (OMP_WAIT_POLICY={wait_policy()}).")
+
+
+# How many prompts ``models.generate`` answers at once. On a GPU 8 (the memory plan's evaluation phase counts on it). On a
+# CPU, where every decoding step pays a fixed cost, the whole cpu-smoke test split (31 prompts) goes in one batch: the
+# same greedy answers in less time (2026-12-02, 2 cores: 35 s instead of 49 s for the base model from unpacked weights,
+# 53 s instead of 70 s for the adapter on the 4-bit base; the course: benchmarks/results/course_compare_cpu-smoke.md).
+GENERATION_BATCH = {"cuda": 8, "cpu": 32}
+
+
+def generation_batch(device: str) -> int:
+    """:data:`GENERATION_BATCH` for a torch device type ("cuda", "cpu", "mps": Apple's GPU shares host memory like a CPU)."""
+    return GENERATION_BATCH["cuda" if device == "cuda" else "cpu"]
 
 
 def compute_dtype_name(hw: Hardware, requested: str = "auto") -> str:

@@ -459,7 +459,6 @@ def estimate_table(specs: dict[str, MemorySpec], gpus: Sequence[GpuClass] = GPU_
 HOST_GPU_PROCESS_BYTES = int(3.0 * GIB)  # a Jupyter kernel with torch (CUDA initialised), transformers, peft imported
 CHECKPOINT_SHARD_BYTES = 5 * 10**9  # hub checkpoints come in shards of at most 5 GB (Qwen2.5: ~4 GB; Llama 3.1: 5 GB)
 MERGED_MAX_SHARD_SIZE = "2GB"  # save_pretrained(max_shard_size=...) for the merged model: transformers' default is 50GB
-EVAL_GENERATION_BATCH = 8  # models.generate's default batch: evaluation answers 8 questions at a time
 JUDGE_PROMPT_EXTRA_TOKENS = 1024  # a RAGAS judge prompt: instructions and few-shot examples around the sample
 JUDGE_MAX_NEW_TOKENS = 256  # evaluate.judge_llm's pipeline
 CHECK_PROMPTS, CHECK_TOKENS = 4, 128  # merge's logit check: a few prompts, their logits kept
@@ -616,7 +615,7 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
       shards, each copied to the host while it is written. When the GPU cannot hold the 16-bit model, the merge
       runs on the CPU (the whole model in host RAM), or shard by shard when the host cannot hold it either.
     * **evaluation** (notebook 06): one 16-bit model (base answers with the adapter disabled), the KV cache of a
-      generation batch of ``EVAL_GENERATION_BATCH`` × (``max_length`` + ``max_new_tokens``), the retrieval models.
+      generation batch of ``hardware.generation_batch`` (GPU or CPU) × (``max_length`` + ``max_new_tokens``), the retrieval models.
     * **judge** (notebook 06): a local judge model (``evaluation.judge``) beside the model under test, or alone when
       both do not fit (``where`` then says the model under test must be freed before the judge loads).
     * **serving** (notebook 05): the merged model answering one question at a time behind the retriever.
@@ -668,7 +667,9 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
         phases.append(PhasePlan("merge", "04", where, overhead if gpu else 0, host, merge_parts, note))
 
     # evaluation and serving
-    batch, tokens = EVAL_GENERATION_BATCH, cfg.model.max_length + cfg.model.max_new_tokens
+    from .hardware import generation_batch
+
+    batch, tokens = generation_batch("cuda" if gpu else "cpu"), cfg.model.max_length + cfg.model.max_new_tokens
     eval_parts = {"weights_16bit": full, "adapter": adapter, "kv_cache": kv_cache_bytes(model, batch * tokens, dtype),
                   "activations": inference_activation_bytes(model, batch, tokens, dtype), "retrieval_models": retrieval,
                   "overhead": overhead}
@@ -710,7 +711,7 @@ def measured_course_peak(preset: str) -> str:
 
 
 def presets_table(presets: Sequence[str] | None = None) -> str:
-    """README's presets table, generated from each preset's memory plan (``ragcourse readme --check`` keeps it current)."""
+    """README's presets table, generated from each preset's memory plan (``python scripts/presets_table.py --check`` keeps it current)."""
     from .config import available_presets, load_config
     from .lora import arch_for_model, arch_info
 

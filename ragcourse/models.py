@@ -231,11 +231,15 @@ def generate(
     tokenizer: "PreTrainedTokenizerBase",
     prompts: list[str],
     max_new_tokens: int = 64,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> list[str]:
-    """Greedy answers for already-templated prompts (left padding, stops at EOS)."""
+    """Greedy answers for already-templated prompts (left padding, stops at EOS), ``batch_size`` at a time (default:
+    :func:`ragcourse.hardware.generation_batch` for the model's device)."""
     import torch
 
+    from .hardware import generation_batch
+
+    batch_size = batch_size or generation_batch(model.device.type)
     tokenizer.padding_side = "left"
     answers: list[str] = []
     was_training = model.training

@@ -118,6 +118,14 @@ def load(cfg: CourseConfig, step: str, **ensure_kwargs: Any) -> Any:
     return REGISTRY[step].load(cfg)
 
 
+def corpus_index(cfg: CourseConfig) -> Any:
+    """The index notebook 01 ranks distractors with: the ``index`` artifact, made current and loaded, so the corpus is
+    embedded once for notebooks 01 and 05 (as ``data.build_dataset`` reuses it); None with a vector database
+    (``rag.vector_store`` other than ``simple``), where ``data.prepare`` ranks with an in-memory index of its own and
+    the database is left to notebook 05."""
+    return load(cfg, "index") if cfg.rag.vector_store == "simple" else None
+
+
 def status(cfg: CourseConfig) -> dict[str, str]:
     """Every step's state without building anything: ``current`` or the reason it would be rebuilt."""
     return {step: stale_reason(cfg, step) or "current" for step in STEPS}

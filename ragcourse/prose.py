@@ -66,7 +66,29 @@ def prerequisites_table(notebook: str) -> str:
     return "\n".join(rows) + "\n\n" + note + "\n"
 
 
-GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table}
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def course_times_table(_: str = "") -> str:
+    """docs/instructor.md's run times on ``cpu-smoke``: each notebook in the measured course runs, on both kernel sets,
+    with its slowest cell."""
+    native, avx2 = course_run("cpu-smoke"), course_run("cpu-smoke", "avx2")
+    rows = ["| # | notebook | AVX-512 | AVX2 only | slowest cell (AVX-512) |", "|---|---|---:|---:|---|"]
+    for key in sorted(native):
+        run = native[key]
+        slowest = (run.get("slowest_cells") or [None])[0]
+        cell = f"`{slowest['first_line'][:48].strip()}` ({_duration(slowest['seconds'])})" if slowest else ""
+        rows.append(f"| {key} | {run['notebook'].removesuffix('.ipynb')[3:].replace('_', ' ')} | {_duration(run['wall_seconds'])} | "
+                    f"{_duration(avx2[key]['wall_seconds']) if key in avx2 else 'not measured'} | {cell} |")
+    total = sum(r["wall_seconds"] for r in native.values())
+    total_avx2 = sum(r["wall_seconds"] for r in avx2.values())
+    rows.append(f"| | **all notebooks** | **{total / 60:.1f} min** | **{total_avx2 / 60:.1f} min** | |")
+    return "\n".join(rows) + "\n\nMeasured alone on a 2-core CPU (`benchmarks/course_run.py`; AVX2: the same run with the CPU held to AVX2).\n"
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table, "course-times": course_times_table}
+DOCS = ("docs/instructor.md",)  # Markdown files with generated blocks, beside the notebooks
 
 
 def render(text: str, notebook: str) -> str:
@@ -79,7 +101,8 @@ def notebook_paths() -> list[Path]:
 
 
 def regenerate(check: bool = False) -> list[Path]:
-    """Rewrite the generated blocks of every notebook (``check``: write nothing); returns the notebooks that changed."""
+    """Rewrite the generated blocks of every notebook and of :data:`DOCS` (``check``: write nothing); returns the
+    files that changed."""
     changed = []
     for path in notebook_paths():
         raw = path.read_text(encoding="utf-8")
@@ -100,4 +123,12 @@ def regenerate(check: bool = False) -> list[Path]:
             changed.append(path)
             if not check:
                 path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    for doc in DOCS:
+        path = project_root() / doc
+        text = path.read_text(encoding="utf-8")
+        new = render(text, "")
+        if new != text:
+            changed.append(path)
+            if not check:
+                path.write_text(new, encoding="utf-8")
     return changed

@@ -81,7 +81,7 @@ def _course_llm_class() -> type:
             """The exact string the model reads: the chat template with the generation prompt."""
             return self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
-        def generate(self, templated: list[str], batch_size: int = 8) -> list[str]:
+        def generate(self, templated: list[str], batch_size: int | None = None) -> list[str]:
             """Greedy answers for already-templated prompts (batched)."""
             import contextlib
 
@@ -286,7 +286,7 @@ def context_nodes(row: Mapping[str, Any], index: "VectorStoreIndex") -> list["No
     return [NodeWithScore(node=index.docstore.get_node(c), score=None) for c in row["context_ids"]]
 
 
-def query_many(engine: Any, questions: Sequence[str], batch_size: int = 8) -> list[Any]:
+def query_many(engine: Any, questions: Sequence[str], batch_size: int | None = None) -> list[Any]:
     """``engine.query`` for many questions at once: the same prompts, generated in batches (faster on any device).
 
     An LLM that cannot batch here (a served model, ``serve.served_llm``) answers one question at a time."""
@@ -326,7 +326,7 @@ def scoring_example(row: Mapping[str, Any], nodes: Sequence["NodeWithScore"]) ->
     return {**row, "has_oracle": found}
 
 
-def side_by_side(rows: Sequence[Mapping[str, Any]], engines: Mapping[str, Any], batch_size: int = 8) -> "pd.DataFrame":
+def side_by_side(rows: Sequence[Mapping[str, Any]], engines: Mapping[str, Any], batch_size: int | None = None) -> "pd.DataFrame":
     """The same questions through several engines (base, adapter, merged ...): answers, correctness, sources."""
     import pandas as pd
 
@@ -427,7 +427,7 @@ def followed_injection(answer: str) -> bool:
 
 def injection_trial(rows: Sequence[Mapping[str, Any]], retriever: Any, llms: Mapping[str, Any], cfg: CourseConfig,
                     variants: Mapping[str, Mapping[str, bool]] | None = None, position: int = 0,
-                    batch_size: int = 8) -> "pd.DataFrame":
+                    batch_size: int | None = None) -> "pd.DataFrame":
     """Each model × prompt variant on questions whose top passage carries the injected instruction.
 
     ``variants`` map a name to ``query_engine`` options (``guard``, ``delimit``). Returns one row per
@@ -441,11 +441,14 @@ def injection_trial(rows: Sequence[Mapping[str, Any]], retriever: Any, llms: Map
     poisoned = [poison(retriever.retrieve(r["question"]), position=position) for r in rows]
     out = []
     for model_name, llm in llms.items():
+        cases, templated = [], []
         for variant, options in variants.items():
             engine = query_engine(retriever, llm, cfg, **options)
-            templated = [llm.template(engine.messages_for(r["question"], n)) for r, n in zip(rows, poisoned)]
-            answers = llm.generate(templated, batch_size=batch_size)
-            for r, n, a in zip(rows, poisoned, answers):
-                out.append({"model": model_name, "prompt": variant, "question": r["question"], "answer": a,
-                            "followed injection": followed_injection(a), "correct": is_correct(scoring_example(r, n), a)})
+            for r, n in zip(rows, poisoned):
+                cases.append((variant, r, n))
+                templated.append(llm.template(engine.messages_for(r["question"], n)))
+        answers = llm.generate(templated, batch_size=batch_size)  # every prompt variant in one batch per model
+        for (variant, r, n), a in zip(cases, answers):
+            out.append({"model": model_name, "prompt": variant, "question": r["question"], "answer": a,
+                        "followed injection": followed_injection(a), "correct": is_correct(scoring_example(r, n), a)})
     return pd.DataFrame(out)

@@ -118,3 +118,18 @@ def test_config_paths_do_no_io(tmp_path):
     cfg = load_config("cpu-smoke", paths={"output_root": str(tmp_path / "o"), "prebuilt": str(tmp_path / "nope")})
     assert cfg.artifact_dir("adapter") == tmp_path / "o" / "cpu-smoke" / "adapter"
     assert not (tmp_path / "o").exists()
+
+
+def test_notebook_01_ranks_with_the_saved_index_and_leaves_a_database_to_notebook_05(smoke, tmp_path, capsys):
+    """``pipeline.corpus_index``: the current index is reused (the corpus is embedded once for notebooks 01 and 05);
+    with a vector database nothing is built and ``data.prepare`` makes its own in-memory index."""
+    import copy
+
+    index = pipeline.corpus_index(smoke)
+    assert "index: up to date" in capsys.readouterr().out
+    saved = json.loads((smoke.artifact_dir("index") / artifacts.MANIFEST).read_text())
+    assert len(index.docstore.docs) == saved["chunks"] > 0
+    database = copy.deepcopy(smoke)
+    database.rag.vector_store = "qdrant"
+    database.paths.output_root = str(tmp_path / "outputs")
+    assert pipeline.corpus_index(database) is None and not (tmp_path / "outputs").exists()
