@@ -855,9 +855,9 @@ def build_dataset(cfg: CourseConfig) -> Path:
     """
     from .artifacts import stale_reason
     from .models import load_tokenizer
-    from .retrieval import load_index
+    from .retrieval import data_prep_shares_index, load_index
 
-    index = load_index(cfg) if cfg.rag.vector_store == "simple" and stale_reason(cfg, "index") is None else None
+    index = load_index(cfg) if data_prep_shares_index(cfg) and stale_reason(cfg, "index") is None else None
     return save_dataset(prepare(cfg, tokenizer=load_tokenizer(cfg), index=index), cfg)
 
 

@@ -120,10 +120,9 @@ def load(cfg: CourseConfig, step: str, **ensure_kwargs: Any) -> Any:
 
 def corpus_index(cfg: CourseConfig) -> Any:
     """The index notebook 01 ranks distractors with: the ``index`` artifact, made current and loaded, so the corpus is
-    embedded once for notebooks 01 and 05 (as ``data.build_dataset`` reuses it); None with a vector database
-    (``rag.vector_store`` other than ``simple``), where ``data.prepare`` ranks with an in-memory index of its own and
-    the database is left to notebook 05."""
-    return load(cfg, "index") if cfg.rag.vector_store == "simple" else None
+    embedded once for notebooks 01 and 05 (as ``data.build_dataset`` reuses it); None where
+    :func:`ragcourse.retrieval.data_prep_shares_index` says no (a vector database)."""
+    return load(cfg, "index") if retrieval.data_prep_shares_index(cfg) else None
 
 
 def status(cfg: CourseConfig) -> dict[str, str]:

@@ -376,6 +376,13 @@ def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = N
     return index
 
 
+def data_prep_shares_index(cfg: CourseConfig) -> bool:
+    """Whether data prep ranks its distractors with the persisted index (so the corpus is embedded once for the dataset
+    and notebook 05): only with the in-memory store; a vector database is left to notebook 05 and ``data.prepare``
+    ranks with an in-memory index of its own."""
+    return cfg.rag.vector_store == "simple"
+
+
 def configured_kind(cfg: CourseConfig) -> str:
     """The configured retriever's name: ``rag.retriever``, plus ``+rerank`` when the cross-encoder stage is on."""
     return cfg.rag.retriever + ("+rerank" if cfg.rag.rerank else "")

@@ -93,7 +93,7 @@ def test_import_sets_the_wait_policy_unless_the_user_chose_one():
 
 
 def test_cpu_kernels_decide_bf16_from_flags_kernels_and_onednn():
-    from ragcourse.hardware import cpu_flags, cpu_kernels, cpu_recipe
+    from ragcourse.hardware import cpu_flags, cpu_kernels, cpu_recipe, generation_batch
 
     assert "avx2" in cpu_flags("processor : 0\nflags : fpu sse avx2 fma\n")
     amx = frozenset({"avx2", "avx512f", "amx_bf16"})
@@ -109,6 +109,9 @@ def test_cpu_kernels_decide_bf16_from_flags_kernels_and_onednn():
     line = cpu_recipe(amx_cpu, load_in_4bit=True)
     assert "bf16 in hardware" in line and "4-bit NF4 base, float32 compute" in line and "unpacked once to float32" in line
     assert "bf16 emulated" in cpu_recipe(avx2_cpu, load_in_4bit=True)
+    # the generation batch it prints is the one models.generate and the memory plan use on a CPU
+    assert f"{generation_batch('cpu')} prompts at a time" in line and generation_batch("mps") == generation_batch("cpu")
+    assert generation_batch("cuda") < generation_batch("cpu")
 
 
 def test_answers_on_a_cpu_come_from_the_4bit_weights_unpacked_once(cfg):
