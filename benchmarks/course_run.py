@@ -217,6 +217,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_model() -> str:
+    """The CPU's name (Linux /proc/cpuinfo): runs on different virtual machines differ by more than their code."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cpu_common import cpu_record
+
+    return cpu_record()["model"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=os.environ.get("RAGCOURSE_PRESET", "cpu-smoke"))
@@ -271,7 +279,7 @@ def main() -> int:
                 break
     result = {
         "preset": args.preset, "mode": "from executed copies" if args.from_executed else "measured",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "sample_seconds": SAMPLE_SECONDS,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}", "sample_seconds": SAMPLE_SECONDS,
         "expected": {"total_minutes": cfg.expected.total_minutes, "peak_memory_gb": cfg.expected.peak_memory_gb},
         "output_root": args.output_root, "executed_dir": str(executed_dir), "isa": args.isa, "notebooks": rows,
         "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in rows), 1),

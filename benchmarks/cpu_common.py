@@ -133,7 +133,8 @@ def library_record() -> dict[str, Any]:
         "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(), "mkl": torch.backends.mkl.is_available(),
         "mkldnn": torch.backends.mkldnn.is_available(),
-        "env": {k: os.environ.get(k) for k in (*AVX2_ENV, BNB_SCALAR_ENV, "OMP_WAIT_POLICY", "OMP_NUM_THREADS")},
+        "env": {k: os.environ.get(k)
+                for k in (*AVX2_ENV, BNB_SCALAR_ENV, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")},
     }
     try:
         import bitsandbytes

@@ -1,7 +1,8 @@
 """A cpu-smoke training step and a generation, alone and beside a second busy process, per thread setting (issue 20).
 
 Settings: torch threads 1 and 2 (``training.torch_threads``, applied by ``runtime.start``) × ``OMP_WAIT_POLICY`` unset
-(libgomp spins a while before a waiting thread sleeps) and ``PASSIVE`` (it sleeps at once). Each setting is one run in
+(libgomp spins a while before a waiting thread sleeps), ``PASSIVE`` (it sleeps at once) and short spin counts
+(``GOMP_SPINCOUNT``, the course default's kind). Each setting is one run in
 a fresh process (the wait policy is read once, when the OpenMP runtime starts), which measures alone, then busy:
 
 1. load the preset's model as notebook 03 trains it (4-bit NF4, LoRA) and build the course's trainer;
@@ -18,7 +19,7 @@ a fresh process (the wait policy is read once, when the OpenMP runtime starts), 
 The busy steps train on the batches that follow the alone ones, so their token counts differ a little (both shown);
 every setting sees the same batches in the same order.
 
-    nice -n 19 python benchmarks/shared_cpu.py              # 4 runs, about 6–8 min on an idle 2-core machine
+    nice -n 19 python benchmarks/shared_cpu.py              # 10 runs, about 2.5 min each on an idle 2-core machine
     python benchmarks/shared_cpu.py --steps 1 --warmup 0 --new-tokens 4 --only t1-default
 
 Run it when nothing else uses the machine: the "alone" rows must be alone. Writes
@@ -40,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_common as common  # noqa: E402
 
 THREADS = (1, 2)
-POLICIES = ("default", "PASSIVE")
+# "spin-N": OMP_WAIT_POLICY unset and libgomp's GOMP_SPINCOUNT=N, a waiting thread spins N rounds, then sleeps (unset,
+# libgomp spins 300,000 rounds; PASSIVE, none): a middle ground between the two measured policies.
+POLICIES = ("default", "PASSIVE", "spin-3000", "spin-10000", "spin-30000")
 COMPETITOR = """
 import signal, sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -68,9 +71,13 @@ print(n, time.perf_counter() - t0, flush=True)
 
 
 def policy_env(policy: str) -> dict[str, str]:
-    """This process's environment (native instruction sets) with ``OMP_WAIT_POLICY`` set, or removed for default."""
-    return common.mode_env("native", {"OMP_WAIT_POLICY": policy} if policy != "default" else {},
-                           drop=("OMP_WAIT_POLICY", "OMP_NUM_THREADS"))
+    """This process's environment (native instruction sets) with ``OMP_WAIT_POLICY`` set, removed for default, or
+    removed with ``GOMP_SPINCOUNT`` set for ``spin-N``."""
+    if policy.startswith("spin-"):
+        extra = {"GOMP_SPINCOUNT": policy.removeprefix("spin-")}
+    else:
+        extra = {"OMP_WAIT_POLICY": policy} if policy != "default" else {}
+    return common.mode_env("native", extra, drop=("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT"))
 
 
 class Competitor:
@@ -145,6 +152,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     print(f"busy: {out['busy']['train']['s_per_step']:.2f} s/step, "
           f"{out['busy']['generate']['s_per_prompt']:.2f} s per answer", flush=True)
     return {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
             **out, "worker_s": round(time.perf_counter() - t0, 1), "libraries": common.library_record()}
 
 
@@ -180,7 +188,7 @@ def recommendation(runs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from ragcourse.hardware import DEFAULT_TORCH_THREADS
+    from ragcourse.hardware import DEFAULT_GOMP_SPINCOUNT, DEFAULT_TORCH_THREADS
 
     s, c = result["settings"], result["competitor"]
     lines = [
@@ -192,7 +200,7 @@ def markdown(result: dict[str, Any]) -> str:
         "alone it ran " + ", ".join(f"{v} it/s at {k}" for k, v in c["alone_it_per_s"].items()) + "."
         + (f" {result['note']}" if result["note"] else ""),
         "",
-        "| torch threads | OMP_WAIT_POLICY | train s/step alone | busy | slowdown | tokens/step alone, busy "
+        "| torch threads | wait (OMP_WAIT_POLICY or spin-N: GOMP_SPINCOUNT=N) | train s/step alone | busy | slowdown | tokens/step alone, busy "
         "| answer s alone | busy | slowdown | competitor speed while busy | CPU busy before |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -221,9 +229,9 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "Summed relative cost over the four measures (train and answer, alone and busy; each time ÷ the "
                   "best setting's, so 4.0 would be best everywhere): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(rec["scores"].items(), key=lambda kv: kv[1]))
-                  + f". Lowest: **torch threads {rec['torch_threads']}, OMP_WAIT_POLICY {rec['omp_wait_policy']}**. "
-                  f"The package default now (`ragcourse.hardware.DEFAULT_TORCH_THREADS`): {DEFAULT_TORCH_THREADS} "
-                  "(None: torch's own, one thread per core)."]
+                  + f". Lowest: **torch threads {rec['torch_threads']}, {rec['omp_wait_policy']}**. "
+                  f"The package defaults now: `ragcourse.hardware.DEFAULT_TORCH_THREADS` {DEFAULT_TORCH_THREADS} "
+                  f"(None: torch's own, one thread per core), `DEFAULT_GOMP_SPINCOUNT` {DEFAULT_GOMP_SPINCOUNT}."]
     before = [r["busy_percent_before"] for r in result["runs"].values()]
     if before and max(before) > 25:
         lines += ["", f"**The machine was not idle** before a run (up to {max(before):.0f}% busy): its alone rows "

@@ -134,8 +134,7 @@ def cpu_recipe(hw: Hardware, load_in_4bit: bool, four_bit_compute: str = "auto",
              else f"{compute_dtype_name(hw, model_dtype)} base")
     weights = f"the 4-bit weights unpacked once to {answer}" if load_in_4bit else f"{answer} weights"
     return (f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
-            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; OpenMP threads "
-            f"{'sleep' if wait_policy() == 'PASSIVE' else 'spin'} while they wait (OMP_WAIT_POLICY={wait_policy()}).")
+            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; {wait_sentence()}.")
 
 
 # How many prompts ``models.generate`` answers at once. On a GPU 8 (the memory plan's evaluation phase counts on it). On a
@@ -169,22 +168,42 @@ def torch_dtype(name: str):
         raise ValueError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.") from None
 
 
-# How OpenMP's idle threads wait. Spinning (the library default) is a little faster alone, but two processes that spin
-# on the same cores starve each other (benchmarks/results/shared_cpu.md: 2 threads with PASSIVE degrade least of the
-# settings measured, spinning ones most). OpenMP reads it once, when torch loads, so
-# ``import ragcourse`` sets it (unless the environment already does) before anything imports torch.
-DEFAULT_OMP_WAIT_POLICY = "PASSIVE"
+# How OpenMP's idle threads wait between parallel regions. OpenMP reads it once, when torch loads, so ``import ragcourse``
+# sets it (unless the environment already chooses: OMP_WAIT_POLICY or GOMP_SPINCOUNT) before anything imports torch.
+# libgomp, torch's OpenMP, spins about 300,000 rounds (a few ms) by default, then sleeps; OMP_WAIT_POLICY=PASSIVE sleeps
+# at once. benchmarks/results/shared_cpu.md measures each: the long default spin collapses beside a second busy process;
+# sleeping at once costs every one of the thousands of small parallel regions of an answer a wake-up, so it is slow
+# alone; a short spin (GOMP_SPINCOUNT, a few tens of microseconds) was faster than PASSIVE alone in every measurement
+# and about as robust when shared (training beside a busy process was slower: notebook 00's busy-CPU warning says how
+# to switch to PASSIVE).
+DEFAULT_GOMP_SPINCOUNT = "3000"
 
 
 def apply_wait_policy(environ: "os._Environ[str] | dict[str, str] | None" = None) -> str:
-    """Set ``OMP_WAIT_POLICY`` to the course default unless the user chose one; return the value in force."""
+    """Set ``GOMP_SPINCOUNT`` to the course default unless the user chose how threads wait; return :func:`wait_policy`."""
     environ = os.environ if environ is None else environ
-    return environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["GOMP_SPINCOUNT"] = DEFAULT_GOMP_SPINCOUNT
+    return wait_policy(environ)
 
 
-def wait_policy() -> str:
-    """``OMP_WAIT_POLICY`` as this process has it (OpenMP's default, spinning a while, when unset)."""
-    return os.environ.get("OMP_WAIT_POLICY", "default").upper()
+def wait_policy(environ: "os._Environ[str] | dict[str, str] | None" = None) -> str:
+    """How this process's OpenMP threads wait: ``PASSIVE``, ``ACTIVE``, ``GOMP_SPINCOUNT=N`` (libgomp reads a spin
+    count before the policy) or ``DEFAULT`` (libgomp's own: spinning a few ms)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("GOMP_SPINCOUNT"):
+        return f"GOMP_SPINCOUNT={environ['GOMP_SPINCOUNT']}"
+    return environ.get("OMP_WAIT_POLICY", "default").upper()
+
+
+def wait_sentence(policy: str | None = None) -> str:
+    """The few words notebook 00's CPU line says about :func:`wait_policy`."""
+    policy = policy or wait_policy()
+    if policy == "PASSIVE":
+        return "OpenMP threads sleep at once while they wait (OMP_WAIT_POLICY=PASSIVE)"
+    if policy.startswith("GOMP_SPINCOUNT="):
+        return f"OpenMP threads spin briefly, then sleep while they wait ({policy})"
+    return f"OpenMP threads spin for milliseconds while they wait (OMP_WAIT_POLICY={policy})"
 
 
 # Torch threads when the config leaves ``training.torch_threads`` null: None keeps torch's own default (one per core).
@@ -225,16 +244,17 @@ def busy_cpu_warning(busy_percent: float, hw: Hardware, policy: str | None = Non
     """The sentence notebook 00 prints when other processes already load the CPU this course trains on, else None.
 
     Two processes computing on the same cores each get far less than half of them: benchmarks/shared_cpu.py measures a
-    training step and a generation alone and beside a second busy torch process. With OpenMP's threads sleeping while
-    they wait (``OMP_WAIT_POLICY=PASSIVE``, the course default) that costs about 2x; with spinning threads, many times
-    more, so a run whose policy is not PASSIVE is told how to get it.
+    training step and a generation alone and beside a second busy torch process. With OpenMP's threads sleeping at once
+    while they wait (``OMP_WAIT_POLICY=PASSIVE``) that costs about 2x; the course's short spin, a little more (it is
+    faster alone); libgomp's long default spin, several times more. So a run that is not PASSIVE is told how to get it.
     """
     if hw.device != "cpu" or busy_percent <= BUSY_CPU_PERCENT:
         return None
     fix = "close the other notebook kernel or program"
     if (policy or wait_policy()) != "PASSIVE" and hw.torch_threads > 1:
-        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set before torch is imported (`import ragcourse` "
-                "first sets it) so that idle threads sleep instead of spinning against the other process")
+        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set before torch is imported (before `import "
+                "ragcourse`, which otherwise sets a short spin) so that idle threads sleep at once instead of spinning "
+                "against the other process")
     return (f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
             f"here can run several times slower: {fix}.")
 
