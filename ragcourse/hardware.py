@@ -252,9 +252,9 @@ def busy_cpu_warning(busy_percent: float, hw: Hardware, policy: str | None = Non
         return None
     fix = "close the other notebook kernel or program"
     if (policy or wait_policy()) != "PASSIVE" and hw.torch_threads > 1:
-        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set before torch is imported (before `import "
-                "ragcourse`, which otherwise sets a short spin) so that idle threads sleep at once instead of spinning "
-                "against the other process")
+        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set and GOMP_SPINCOUNT unset (libgomp reads a "
+                "spin count first) before torch is imported (before `import ragcourse`, which otherwise sets a short "
+                "spin) so that idle threads sleep at once instead of spinning against the other process")
     return (f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
             f"here can run several times slower: {fix}.")
 
