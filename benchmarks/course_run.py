@@ -219,7 +219,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 def cpu_model() -> str:
     """The CPU's name (Linux /proc/cpuinfo): runs on different virtual machines differ by more than their code."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cpu_common import cpu_record
 
     return cpu_record()["model"]

@@ -2,8 +2,8 @@
 
 Settings: torch threads 1 and 2 (``training.torch_threads``, applied by ``runtime.start``) × ``OMP_WAIT_POLICY`` unset
 (libgomp spins a while before a waiting thread sleeps), ``PASSIVE`` (it sleeps at once) and short spin counts
-(``GOMP_SPINCOUNT``, the course default's kind). Each setting is one run in
-a fresh process (the wait policy is read once, when the OpenMP runtime starts), which measures alone, then busy:
+(``GOMP_SPINCOUNT``, the course default's kind). Each setting is one run in a fresh process (the wait setting is read
+once, when the OpenMP runtime starts), which measures alone, then busy:
 
 1. load the preset's model as notebook 03 trains it (4-bit NF4, LoRA) and build the course's trainer;
 2. ``--warmup`` steps, not counted, then ``--steps`` steps **alone**, then one RAG prompt answered alone with
@@ -200,7 +200,8 @@ def markdown(result: dict[str, Any]) -> str:
         "alone it ran " + ", ".join(f"{v} it/s at {k}" for k, v in c["alone_it_per_s"].items()) + "."
         + (f" {result['note']}" if result["note"] else ""),
         "",
-        "| torch threads | wait (OMP_WAIT_POLICY or spin-N: GOMP_SPINCOUNT=N) | train s/step alone | busy | slowdown | tokens/step alone, busy "
+        "| torch threads | wait (OMP_WAIT_POLICY or spin-N: GOMP_SPINCOUNT=N) | train s/step alone | busy | slowdown "
+        "| tokens/step alone, busy "
         "| answer s alone | busy | slowdown | competitor speed while busy | CPU busy before |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

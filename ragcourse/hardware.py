@@ -134,7 +134,8 @@ def cpu_recipe(hw: Hardware, load_in_4bit: bool, four_bit_compute: str = "auto",
              else f"{compute_dtype_name(hw, model_dtype)} base")
     weights = f"the 4-bit weights unpacked once to {answer}" if load_in_4bit else f"{answer} weights"
     return (f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
-            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; {wait_sentence()}.")
+            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; "
+            f"{wait_sentence()}.")
 
 
 # How many prompts ``models.generate`` answers at once. On a GPU 8 (the memory plan's evaluation phase counts on it). On a
@@ -168,19 +169,21 @@ def torch_dtype(name: str):
         raise ValueError(f"Unknown dtype {name!r}: use auto, float32, bfloat16 or float16.") from None
 
 
-# How OpenMP's idle threads wait between parallel regions. OpenMP reads it once, when torch loads, so ``import ragcourse``
-# sets it (unless the environment already chooses: OMP_WAIT_POLICY or GOMP_SPINCOUNT) before anything imports torch.
+# How OpenMP's idle threads wait between parallel regions. OpenMP reads it once, when torch loads, so
+# ``import ragcourse`` sets it (unless the environment already chooses: OMP_WAIT_POLICY or GOMP_SPINCOUNT) before
+# anything imports torch.
 # libgomp, torch's OpenMP, spins about 300,000 rounds (a few ms) by default, then sleeps; OMP_WAIT_POLICY=PASSIVE sleeps
 # at once. benchmarks/results/shared_cpu.md measures each: the long default spin collapses beside a second busy process;
 # sleeping at once costs every one of the thousands of small parallel regions of an answer a wake-up, so it is slow
 # alone; a short spin (GOMP_SPINCOUNT, a few tens of microseconds) was faster than PASSIVE alone in every measurement
-# and about as robust when shared (training beside a busy process was slower: notebook 00's busy-CPU warning says how
-# to switch to PASSIVE).
+# and ties it on the benchmark's summed cost, though training beside a busy process was slower (notebook 00's busy-CPU
+# warning says how to switch to PASSIVE).
 DEFAULT_GOMP_SPINCOUNT = "3000"
 
 
 def apply_wait_policy(environ: "os._Environ[str] | dict[str, str] | None" = None) -> str:
-    """Set ``GOMP_SPINCOUNT`` to the course default unless the user chose how threads wait; return :func:`wait_policy`."""
+    """Set ``GOMP_SPINCOUNT`` to the course default unless the user chose how threads wait; return
+    :func:`wait_policy`."""
     environ = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ["GOMP_SPINCOUNT"] = DEFAULT_GOMP_SPINCOUNT

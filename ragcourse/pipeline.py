@@ -66,8 +66,8 @@ def expected_time(cfg: CourseConfig, step: str) -> str:
     """A phrase for the log: what building ``step`` is expected to cost on this preset, from a measurement."""
     seconds = measured_seconds(cfg, step)
     if seconds is not None:
-        return (f"notebook {REGISTRY[step].notebook[:2]}, which teaches this step, took {seconds / 60:.1f} min in all on the "
-                f"benchmark machine")
+        return (f"notebook {REGISTRY[step].notebook[:2]}, which teaches this step, took {seconds / 60:.1f} min in all "
+                "on the benchmark machine")
     return (f"not measured on {cfg.preset}; all notebooks of this preset are expected to take about "
             f"{cfg.expected.total_minutes:g} min")
 

@@ -48,7 +48,7 @@ def test_busy_cpu_warning_says_what_to_do():
     assert busy_cpu_warning(0.0, cpu2) is None and busy_cpu_warning(BUSY_CPU_PERCENT, cpu2) is None
     warning = busy_cpu_warning(80.0, cpu2, policy="PASSIVE")
     assert "80% busy" in warning and "close the other notebook kernel" in warning and "OMP_WAIT_POLICY" not in warning
-    for spins in ("GOMP_SPINCOUNT=3000", "DEFAULT", "ACTIVE"):  # the course's short spin, and the settings that collapse
+    for spins in ("GOMP_SPINCOUNT=3000", "DEFAULT", "ACTIVE"):  # the course's short spin; the settings that collapse
         warning = busy_cpu_warning(80.0, cpu2, policy=spins)
         assert "OMP_WAIT_POLICY=PASSIVE" in warning and "before torch is imported" in warning
     assert "OMP_WAIT_POLICY" not in busy_cpu_warning(80.0, cpu1, policy="DEFAULT")  # one thread: nothing spins
@@ -88,7 +88,8 @@ def test_import_sets_the_wait_policy_unless_the_user_chose_one():
     for chosen, policy in (({"OMP_WAIT_POLICY": "passive"}, "PASSIVE"), ({"GOMP_SPINCOUNT": "0"}, "GOMP_SPINCOUNT=0")):
         env = dict(chosen)
         assert hardware.apply_wait_policy(env) == policy and env == chosen  # the user's choice stays
-    assert "spin briefly" in hardware.wait_sentence("GOMP_SPINCOUNT=3000") and "at once" in hardware.wait_sentence("PASSIVE")
+    assert "spin briefly" in hardware.wait_sentence("GOMP_SPINCOUNT=3000")
+    assert "at once" in hardware.wait_sentence("PASSIVE")
     code = "import os, ragcourse, torch; print(os.environ['GOMP_SPINCOUNT'])"
     child = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", code], env=child, capture_output=True, text=True, check=True)
