@@ -108,6 +108,25 @@ def write_results(result: dict[str, Any], json_path: Path, markdown: Callable[[d
         print(f"{result.get('total_s', 0):.0f} s; written to {json_path} and {json_path.with_suffix('.md')}")
 
 
+
+def run_modes(script: Path, result: dict[str, Any], modes: Sequence[str], json_path: Path,
+              markdown: Callable[[dict[str, Any]], str], started: float, probe: bool = False) -> None:
+    """Run ``script``'s worker once per mode, each in a fresh process with that mode's environment and the same
+    arguments, alone on the machine (its busy share recorded first); write the results after each mode."""
+    forwarded = [a for a in sys.argv[1:] if a != "--markdown-only"]
+    for mode in modes:
+        if probe:
+            result.setdefault("isa", {})[mode] = isa_probe(mode)
+        result.setdefault("busy_percent_before", {})[mode] = machine_busy()
+        isa = f"{result['isa'][mode]}, " if probe else ""
+        print(f"== {mode}: {isa}CPU {result['busy_percent_before'][mode]}% busy", flush=True)
+        result.setdefault("modes", {})[mode] = run_worker(script, forwarded, mode_env(mode), timeout=1800)
+        if "error" in result["modes"][mode]:
+            sys.exit(f"{mode}: {result['modes'][mode]['error']}")
+        write_results(result, json_path, markdown)
+    result["total_s"] = round(time.perf_counter() - started, 1)
+    write_results(result, json_path, markdown, final=True)
+
 # -- the machine --------------------------------------------------------------------------------------------------
 
 

@@ -329,24 +329,14 @@ def main() -> None:
     start = time.perf_counter()
     cfg = runtime.start("cpu-smoke", quiet=True, paths={"output_root": common.BENCH_ROOT})
     pipeline.ensure(cfg, "dataset", quiet=True)  # once, before anything is timed
-    forwarded = [a for a in sys.argv[1:] if a != "--markdown-only"]
     result: dict[str, Any] = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note, "cpu": common.cpu_record(),
         "settings": {"warmup": args.warmup, "steps": args.steps, "prompts": args.prompts, "chunks": args.chunks,
                      "new_tokens": args.new_tokens or cfg.model.max_new_tokens, "bf16": args.bf16,
                      "batch_size": cfg.training.per_device_train_batch_size},
-        "versions": runtime.versions(), "isa": {}, "busy_percent_before": {}, "modes": {},
+        "versions": runtime.versions(),
     }
-    for mode in args.modes:
-        result["isa"][mode] = common.isa_probe(mode)
-        result["busy_percent_before"][mode] = common.machine_busy()
-        print(f"== {mode}: {result['isa'][mode]}, CPU {result['busy_percent_before'][mode]}% busy", flush=True)
-        result["modes"][mode] = common.run_worker(Path(__file__), forwarded, common.mode_env(mode), timeout=1800)
-        if "error" in result["modes"][mode]:
-            sys.exit(f"{mode}: {result['modes'][mode]['error']}")
-    result["total_s"] = round(time.perf_counter() - start, 1)
-    common.write_results(result, RESULTS_JSON, markdown, final=True)
-
+    common.run_modes(Path(__file__), result, args.modes, RESULTS_JSON, markdown, start, probe=True)
 
 if __name__ == "__main__":
     main()

@@ -290,6 +290,7 @@ def main() -> None:
         "corpora": corpora,
         "recommendation": recommend(corpora),
         "seconds": round(time.perf_counter() - begin),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (RESULTS / "retrieval_quality.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "retrieval_quality.md").write_text(markdown(result))

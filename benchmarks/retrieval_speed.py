@@ -366,6 +366,7 @@ def main() -> None:
             ["The machine was shared with another job: treat the numbers as upper bounds, good to a factor of ~2."]
             if busy > SHARED_ABOVE_PERCENT else []),
     }
+    result["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "retrieval_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output_dir / "retrieval_speed.md").write_text(markdown(result))

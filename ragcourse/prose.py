@@ -87,8 +87,113 @@ def course_times_table(_: str = "") -> str:
     return "\n".join(rows) + "\n\nMeasured alone on a 2-core CPU (`benchmarks/course_run.py`; AVX2: the same run with the CPU held to AVX2).\n"
 
 
-GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table, "course-times": course_times_table}
-DOCS = ("docs/instructor.md",)  # Markdown files with generated blocks, beside the notebooks
+def _result(name: str) -> dict:
+    """One benchmark result (``benchmarks/results/NAME.json``); {} when it was never run."""
+    try:
+        return json.loads((project_root() / "benchmarks" / "results" / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _day(result: dict) -> str:
+    stamp = result.get("created_at") or result.get("settings", {}).get("created_at") or ""
+    return stamp[:10] or "–"
+
+
+def benchmark_headlines(_: str = "") -> str:
+    """benchmarks/README.md's headline table: one row per benchmark, each number read from its result file, with the
+    day it was measured (results of different days ran on different virtual machines)."""
+    from .hardware import DEFAULT_GOMP_SPINCOUNT
+
+    rows = ["| what | result | measured | result file |", "|---|---|---|---|"]
+
+    def row(what: str, result: str, data: dict, source: str) -> None:
+        rows.append(f"| {what} | {result} | {_day(data)} | `{source}` |")
+
+    native, avx2 = course_run("cpu-smoke"), course_run("cpu-smoke", "avx2")
+    if native:
+        peak_key, peak = max(((k, r.get("peak_rss_tree_gib") or r.get("peak_rss_kernel_gib") or 0)
+                              for k, r in native.items()), key=lambda kv: kv[1])
+        minutes = sum(r["wall_seconds"] for r in native.values()) / 60
+        held = sum(r["wall_seconds"] for r in avx2.values()) / 60 if avx2 else None
+        row(f"whole course on `cpu-smoke` ({len(native)} notebooks, from scratch)",
+            f"**{minutes:.1f} min**" + (f", **{held:.1f} min** held to AVX2" if held else "")
+            + f"; peak **{peak:.1f} GiB** RSS (notebook {peak_key})", _result("course_run_cpu-smoke"),
+            "course_run_cpu-smoke{,_avx2}.json")
+    tp = _result("training_throughput")
+    ratios = {r["comparison"]: r for r in tp.get("ratios", [])}
+    one, two = ratios.get("course vs plain (4-bit, 1 thread)"), ratios.get("course vs plain (4-bit, 2 threads)")
+    if one:
+        row("course's training step vs a plain Hugging Face recipe (4-bit)",
+            f"**{one['useful_tok_per_s']:.2f}x** useful tokens/s at 1 thread"
+            + (f", {two['useful_tok_per_s']:.2f}x at 2" if two else ""), tp, "training_throughput.json")
+    for comparison, what in (("course vs TRL's default fused head on CPU (the fix)",
+                              "... of which scoring the loss positions only, instead of TRL's fused LM head on CPU"),
+                             ("padding-free vs course default", "padding-free vs the course's padding (kept off)"),
+                             ("packing vs course default", "packing vs the course's padding (kept off)"),
+                             ("fp32 base vs 4-bit (course)", "fp32 base vs 4-bit on CPU (course recipe)"),
+                             ("2 threads vs 1 (course)", "2 threads vs 1, training on an idle machine")):
+        if comparison in ratios:
+            row(what, f"{ratios[comparison]['useful_tok_per_s']:.2f}x useful tokens/s", tp, "training_throughput.json")
+    profile = _result("step_profile")
+    train = next((r for r in profile.get("modes", {}).get("native", {}).get("rows", []) if r["phase"] == "train"), None)
+    if train:
+        row("where a `cpu-smoke` training step's time goes (torch profiler)",
+            f"matrix products {train['share']['matrix products']:.0%} of {train['s_per_step']:.1f} s, running at "
+            f"{train['matmul_efficiency']:.0%} of their speed alone; attention {train['share']['attention']:.0%}, "
+            f"4-bit dequantisation {train['share']['4-bit dequantize']:.0%}", profile, "step_profile.json")
+    shared = _result("shared_cpu").get("runs", {})
+    ours = shared.get(f"t2-spin-{DEFAULT_GOMP_SPINCOUNT}")
+    if ours:
+        alone, busy = ours["alone"]["train"]["s_per_step"], ours["busy"]["train"]["s_per_step"]
+        row("training step alone / beside a busy process (the default threads and wait)",
+            f"{alone:.1f} s / {busy:.1f} s", _result("shared_cpu"), "shared_cpu.json")
+    acc = _result("memory_accuracy").get("summary")
+    if acc:
+        row(f"memory estimator vs measured live peak, {acc['setups_live']} CPU setups",
+            f"mean absolute error {acc['mean_abs_error_live_%']:.1f}% (max {acc['max_abs_error_live_%']:.1f}%)",
+            _result("memory_accuracy"), "memory_accuracy.json")
+    quality = _result("retrieval_quality").get("corpora", {})
+    try:
+        sample = quality["sample"]["preset_chunking"]["sets"]["test"]["summary"]
+        real = quality["real-docs"]["preset_chunking"]["sets"]["all"]["summary"]
+        row("hybrid vs dense retrieval, hit@5 (sample test split / real docs)",
+            f"{sample['hybrid']['hit@5']:.2f} vs {sample['dense']['hit@5']:.2f} / "
+            f"{real['hybrid']['hit@5']:.2f} vs {real['dense']['hit@5']:.2f}", _result("retrieval_quality"),
+            "retrieval_quality.json")
+    except KeyError:
+        pass
+    speed = _result("retrieval_speed")
+    if speed.get("stores"):
+        stores = sorted(speed["stores"], key=lambda st: st["chunks"])
+        sizes = " / ".join(f"{st['chunks'] // 1000}k" for st in stores)
+        dense = " / ".join(f"{st['latency']['dense']['p50_ms']:,.0f}" for st in stores)
+        bm25 = " / ".join(f"{st['latency']['bm25']['p50_ms']:.1f}" for st in stores)
+        row(f"query p50, dense in-memory store, {sizes} chunks", f"{dense} ms (BM25: {bm25} ms)", speed,
+            "retrieval_speed.json")
+        largest = stores[-1]["chunks"]
+        vectors = [v for v in speed.get("vector_stores", []) if v["chunks"] == largest]
+        if vectors:
+            row(f"dense query p50 at {largest // 1000}k chunks: " + " / ".join(v["store"] for v in vectors)
+                + " vs in-memory",
+                " / ".join(f"{v['dense']['p50_ms']:.0f} ms ({v['dense_p50_vs_in_memory']:.2f}x)" for v in vectors)
+                + "; same top-k on " + " / ".join(f"{v['same_top_k_as_in_memory']:.0%}" for v in vectors)
+                + " of queries", speed, "retrieval_speed.json")
+        per_s = speed.get("embedding", {}).get("chunks_per_s", {})
+        if per_s:
+            row(f"MiniLM embedding, {' / '.join(per_s)} threads",
+                " / ".join(f"{v:.0f}" for v in per_s.values()) + " chunks/s", speed, "retrieval_speed.json")
+    gpu = _result("gpu_qlora")
+    if gpu:
+        row("8B QLoRA on a GPU", "see `results/gpu_qlora.md`", gpu, "gpu_qlora.json")
+    else:
+        rows.append("| 8B QLoRA on a GPU (`gpu_qlora.py`) | not run: no GPU was lent to these sessions | – | – |")
+    return "\n".join(rows) + "\n"
+
+
+GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table, "course-times": course_times_table,
+                                               "benchmark-headlines": benchmark_headlines}
+DOCS = ("docs/instructor.md", "benchmarks/README.md")  # Markdown files with generated blocks, beside the notebooks
 
 
 def render(text: str, notebook: str) -> str:

@@ -39,3 +39,19 @@ def test_cpu_smoke_promises_the_measured_course_time_on_both_kernel_sets():
         run = json.loads((results / name).read_text())
         assert all(r["ok"] for r in run["notebooks"]) and len(run["notebooks"]) == 7, name
         assert promised == math.ceil(run["total_wall_seconds"] / 60), (name, promised, run["total_wall_seconds"])
+
+
+def test_the_benchmark_headlines_are_generated_from_the_results():
+    """benchmarks/README.md's headline table is a generated block: its course row is the measured run, each row
+    names its result file and the day it was measured."""
+    from ragcourse.config import project_root
+
+    readme = (project_root() / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert "<!-- generated: benchmark-headlines -->" in readme
+    table = prose.benchmark_headlines()
+    native = course_run("cpu-smoke")
+    minutes = sum(r["wall_seconds"] for r in native.values()) / 60
+    course = next(line for line in table.splitlines() if line.startswith("| whole course"))
+    assert f"**{minutes:.1f} min**" in course and re.search(r"\| \d{4}-\d\d-\d\d \|", course)
+    body = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert len(body) >= 8 and all(line.count(" | ") == 3 for line in body)
