@@ -109,6 +109,33 @@ def write_results(result: dict[str, Any], json_path: Path, markdown: Callable[[d
 
 
 
+def parse_or_serve(parser: Any, worker: Callable[[Any], dict[str, Any]], json_path: Path,
+                   markdown: Callable[[dict[str, Any]], str]) -> Any:
+    """Parse a mode-comparing benchmark's arguments, adding ``--markdown-only`` (rewrite the .md from the .json) and
+    the hidden ``--worker-out`` (run one mode's worker in this process). Returns the arguments, or None when one of
+    those two has already done the work."""
+    import argparse
+
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json, run nothing")
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_out:
+        write_worker_result(args.worker_out, worker(args))
+        return None
+    if args.markdown_only:
+        json_path.with_suffix(".md").write_text(markdown(json.loads(json_path.read_text())), encoding="utf-8")
+        return None
+    return args
+
+
+def bench_config() -> Any:
+    """The cpu-smoke config writing under :data:`BENCH_ROOT`, its dataset built once before anything is timed."""
+    from ragcourse import pipeline, runtime
+
+    cfg = runtime.start("cpu-smoke", quiet=True, paths={"output_root": BENCH_ROOT})
+    pipeline.ensure(cfg, "dataset", quiet=True)
+    return cfg
+
 def run_modes(script: Path, result: dict[str, Any], modes: Sequence[str], json_path: Path,
               markdown: Callable[[dict[str, Any]], str], started: float, probe: bool = False) -> None:
     """Run ``script``'s worker once per mode, each in a fresh process with that mode's environment and the same

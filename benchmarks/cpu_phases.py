@@ -33,7 +33,6 @@ The first run builds the dataset under /tmp/bench_out (2–3 min once). Writes b
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -45,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_common as common  # noqa: E402
 
 RESULTS_JSON = common.RESULTS / "cpu_phases.json"
-RESULTS_MD = common.RESULTS / "cpu_phases.md"
 SHARED_ABOVE_PERCENT = 25
 BF16_USEFUL = 0.5  # run bf16 end to end when its matmul reaches this fraction of fp32's speed
 MODE = "?"  # the worker's mode, shown on each progress line
@@ -315,20 +313,13 @@ def main() -> None:
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--judge-samples", type=int, default=0, help="RAGAS LLM-judged samples (default 0: skipped)")
     parser.add_argument("--note", default="", help="free text stored with the results")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json, run nothing")
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker_out:
-        common.write_worker_result(args.worker_out, worker(args))
+    args = common.parse_or_serve(parser, worker, RESULTS_JSON, markdown)
+    if args is None:
         return
-    if args.markdown_only:
-        RESULTS_MD.write_text(markdown(json.loads(RESULTS_JSON.read_text())), encoding="utf-8")
-        return
-    from ragcourse import pipeline, runtime
+    from ragcourse import runtime
 
     start = time.perf_counter()
-    cfg = runtime.start("cpu-smoke", quiet=True, paths={"output_root": common.BENCH_ROOT})
-    pipeline.ensure(cfg, "dataset", quiet=True)  # once, before anything is timed
+    cfg = common.bench_config()
     result: dict[str, Any] = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note, "cpu": common.cpu_record(),
         "settings": {"warmup": args.warmup, "steps": args.steps, "prompts": args.prompts, "chunks": args.chunks,

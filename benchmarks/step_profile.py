@@ -28,7 +28,6 @@ Run it alone. Writes benchmarks/results/step_profile.json and .md (``--markdown-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_common as common  # noqa: E402
 
 RESULTS_JSON = common.RESULTS / "step_profile.json"
-RESULTS_MD = common.RESULTS / "step_profile.md"
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_")
 KINDS = ("matrix products", "attention", "4-bit dequantize", "other ops", "outside ops")
 MODE = "?"  # the worker's mode, shown on each progress line
@@ -226,20 +224,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="profiled training steps (default 2)")
     parser.add_argument("--prompts", type=int, default=32, help="test prompts answered (default: the split, 31)")
     parser.add_argument("--new-tokens", type=int, default=48, help="new tokens per answer (default 48, the preset's)")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json, run nothing")
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker_out:
-        common.write_worker_result(args.worker_out, worker(args))
+    args = common.parse_or_serve(parser, worker, RESULTS_JSON, markdown)
+    if args is None:
         return
-    if args.markdown_only:
-        RESULTS_MD.write_text(markdown(json.loads(RESULTS_JSON.read_text())), encoding="utf-8")
-        return
-    from ragcourse import pipeline, runtime
+    from ragcourse import runtime
 
     start = time.perf_counter()
-    cfg = runtime.start("cpu-smoke", quiet=True, paths={"output_root": common.BENCH_ROOT})
-    pipeline.ensure(cfg, "dataset", quiet=True)  # once, before anything is timed
+    cfg = common.bench_config()
     result: dict[str, Any] = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": common.cpu_record(),
         "settings": {"warmup": args.warmup, "steps": args.steps, "prompts": args.prompts,
