@@ -57,6 +57,13 @@ VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
                          "to an unanswerable question, the answer preferred to the refusal with the oracle"),
     "quote-then-answer": ({"data": {"target_style": "quote-then-answer"}}, "RAFT's own answer style (quote the passage, "
                           "then answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged"),
+    "near-miss-25+dpo-more": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"},
+                               "dpo": {"pairs_per_kind": 32, "seed": 42}},
+                              ("near-miss-25, then a longer DPO stage: up to 32 pairs of each kind instead of 16 (no more than the "
+                               "training split holds)")),
+    "near-miss-25+dpo-more-s1": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"},
+                                  "dpo": {"pairs_per_kind": 32, "seed": 1}},
+                                 "near-miss-25+dpo-more with the pairs drawn by another seed"),
     "near-miss-25-2ep": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "training": {"num_train_epochs": 2}},
                          "near-miss-25 trained for two epochs instead of one (twice the steps)"),
 }
@@ -133,9 +140,11 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     from ragcourse.evaluate import paired_comparison
 
     overrides, what = VARIANTS[name]
+    dpo = {**DPO, **overrides.get("dpo", {})} if "+dpo" in name else None
+    overrides = {k: v for k, v in overrides.items() if k != "dpo"}
     cfg = load_config(PRESET, paths={"output_root": str(root / name)}, **overrides)
-    base_run = root / name.removesuffix("+dpo")
-    if name.endswith("+dpo") and base_run.is_dir() and not (root / name).exists():
+    base_run = root / name.split("+dpo")[0]
+    if dpo and base_run.is_dir() and not (root / name).exists():
         shutil.copytree(base_run, root / name)  # the same SFT stage: pipeline.ensure reuses its dataset and adapter
     t0 = time.perf_counter()
     pipeline.ensure(cfg, "dataset")
@@ -147,9 +156,9 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     adapter = pipeline.ensure(cfg, "adapter")
     t_train = time.perf_counter() - t0 if built else None  # None: the SFT stage of the variant it extends
     t_dpo = None
-    if name.endswith("+dpo"):
+    if dpo:
         t0 = time.perf_counter()
-        adapter = preference_stage(cfg, dataset, adapter)
+        adapter = preference_stage(cfg, dataset, adapter, dpo)
         t_dpo = round(time.perf_counter() - t0)
     tokenizer = models.load_tokenizer(cfg)
     cases = test_prompts(cfg, dataset, tokenizer)
@@ -165,7 +174,7 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     diff = paired_comparison(tuned["correct_all"], base["correct_all"], "answer_correct")
     return {"variant": name, "what": what, "data": overrides.get("data", {}),
             **({"training": overrides["training"]} if "training" in overrides else {}),
-            **({"dpo": DPO} if t_dpo is not None else {}), "train_examples": len(dataset["train"]),
+            **({"dpo": dpo} if dpo else {}), "train_examples": len(dataset["train"]),
             "train_refusals": int(train_mix), "seconds": {"data": round(t_data), "train": round(t_train) if t_train is not None else None, "answer": round(t_answer),
                                                    **({"dpo": t_dpo} if t_dpo is not None else {})},
             "tuned": {k: v for k, v in tuned.items() if k != "correct_all"},
@@ -176,8 +185,8 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
                          for c, b, t in zip(cases, base_cache[key]["answers"], tuned_answers)]}
 
 
-def preference_stage(cfg: Any, dataset: Any, adapter: Path) -> Path:
-    """DPO on the SFT adapter (TRL copies it as the frozen reference): three kinds of pairs, ``DPO['pairs_per_kind']``
+def preference_stage(cfg: Any, dataset: Any, adapter: Path, dpo: dict[str, Any]) -> Path:
+    """DPO on the SFT adapter (TRL copies it as the frozen reference): three kinds of pairs, ``dpo['pairs_per_kind']``
     each, drawn from the training split: no oracle (chosen: the refusal, rejected: the answer the same question has
     with its oracle), unanswerable (chosen: the refusal, rejected: the SFT model's own greedy answer, where it answers),
     and with the oracle (chosen: the answer, rejected: the refusal)."""
@@ -197,12 +206,13 @@ def preference_stage(cfg: Any, dataset: Any, adapter: Path) -> Path:
     examples = list(dataset["train"])
     by_id = {ex["id"]: ex for ex in examples}
     target = lambda ex: ex["completion"][0]["content"]  # noqa: E731
-    rng = random.Random(cfg.training.seed)
+    seed = dpo.get("seed", cfg.training.seed)
+    rng = random.Random(seed)
     no_oracle = [(ex, target(by_id[ex["id"].split("-refuse")[0]])) for ex in examples
                  if "-refuse" in ex["id"] and ex["id"].split("-refuse")[0] in by_id]
     unanswerable = [ex for ex in examples if ex["type"] == "unanswerable"]
     answered = [ex for ex in examples if target(ex) != refusal]
-    k = DPO["pairs_per_kind"]
+    k = dpo["pairs_per_kind"]
     base = prepare_model_for_kbit_training(models.load_causal_lm(cfg), use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     asked = rng.sample(unanswerable, min(k // 2, len(unanswerable)))
@@ -217,9 +227,9 @@ def preference_stage(cfg: Any, dataset: Any, adapter: Path) -> Path:
               for ex in rng.sample(answered, min(k, len(answered)))]
     rng.shuffle(pairs)
     out = adapter.parent / "adapter_dpo"
-    args = DPOConfig(output_dir=str(out / "run"), per_device_train_batch_size=DPO["batch"], learning_rate=DPO["learning_rate"],
-                     beta=DPO["beta"], num_train_epochs=1, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                     report_to="none", use_cpu=True, bf16=False, fp16=False, max_length=cfg.model.max_length, seed=cfg.training.seed)
+    args = DPOConfig(output_dir=str(out / "run"), per_device_train_batch_size=dpo["batch"], learning_rate=dpo["learning_rate"],
+                     beta=dpo["beta"], num_train_epochs=1, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
+                     report_to="none", use_cpu=True, bf16=False, fp16=False, max_length=cfg.model.max_length, seed=seed)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     for param in trainer.model.parameters():  # fp32 trainable weights on a CPU, as train.make_trainer keeps them
         if param.requires_grad and param.dtype != torch.float32:
