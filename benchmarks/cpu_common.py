@@ -108,7 +108,6 @@ def write_results(result: dict[str, Any], json_path: Path, markdown: Callable[[d
         print(f"{result.get('total_s', 0):.0f} s; written to {json_path} and {json_path.with_suffix('.md')}")
 
 
-
 def parse_or_serve(parser: Any, worker: Callable[[Any], dict[str, Any]], json_path: Path,
                    markdown: Callable[[dict[str, Any]], str]) -> Any:
     """Parse a mode-comparing benchmark's arguments, adding ``--markdown-only`` (rewrite the .md from the .json) and
@@ -136,6 +135,7 @@ def bench_config() -> Any:
     pipeline.ensure(cfg, "dataset", quiet=True)
     return cfg
 
+
 def run_modes(script: Path, result: dict[str, Any], modes: Sequence[str], json_path: Path,
               markdown: Callable[[dict[str, Any]], str], started: float, probe: bool = False) -> None:
     """Run ``script``'s worker once per mode, each in a fresh process with that mode's environment and the same
@@ -153,6 +153,7 @@ def run_modes(script: Path, result: dict[str, Any], modes: Sequence[str], json_p
         write_results(result, json_path, markdown)
     result["total_s"] = round(time.perf_counter() - started, 1)
     write_results(result, json_path, markdown, final=True)
+
 
 # -- the machine --------------------------------------------------------------------------------------------------
 

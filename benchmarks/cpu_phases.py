@@ -329,5 +329,6 @@ def main() -> None:
     }
     common.run_modes(Path(__file__), result, args.modes, RESULTS_JSON, markdown, start, probe=True)
 
+
 if __name__ == "__main__":
     main()

@@ -96,8 +96,7 @@ def _result(name: str) -> dict:
 
 
 def _day(result: dict) -> str:
-    stamp = result.get("created_at") or result.get("settings", {}).get("created_at") or ""
-    return stamp[:10] or "–"
+    return (result.get("created_at") or "")[:10] or "–"
 
 
 def benchmark_headlines(_: str = "") -> str:
