@@ -69,16 +69,35 @@ def secret(name: str) -> str | None:
         return None
 
 
+def checkpointing_args(enabled: bool, args_class: type | None = None) -> dict[str, object]:
+    """``SFTConfig``'s gradient-checkpointing arguments, spelled as the installed transformers knows them (notebook 03).
+
+    transformers 5.2x calls it ``activation_checkpointing`` and warns on the old name; Colab's 5.15 knows only
+    ``gradient_checkpointing``. No spelling serves both without a warning, so the course branches here, once, on the
+    field the installed ``SFTConfig`` (a ``TrainingArguments``) declares, not on a version number. ``args_class``:
+    another arguments dataclass (the tests pass each side's).
+    """
+    import dataclasses
+
+    if args_class is None:
+        from trl import SFTConfig as args_class
+
+    kwargs = {"use_reentrant": False} if enabled else None
+    if any(f.name == "activation_checkpointing" for f in dataclasses.fields(args_class)):
+        return {"activation_checkpointing": enabled, "activation_checkpointing_kwargs": kwargs}
+    return {"gradient_checkpointing": enabled, "gradient_checkpointing_kwargs": kwargs}
+
+
 TESTED_PACKAGES = (
     "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets",
     "llama-index-core", "ragas", "sentence-transformers", "nbval",
 )
 
 
-def versions() -> dict[str, str]:
-    """Installed versions of the course's main libraries (read from metadata, nothing imported)."""
+def versions(names: tuple[str, ...] = TESTED_PACKAGES) -> dict[str, str]:
+    """Installed versions of the course's main libraries, or of ``names`` (read from metadata, nothing imported)."""
     out = {"python": platform.python_version()}
-    for name in TESTED_PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -190,9 +190,41 @@ def benchmark_headlines(_: str = "") -> str:
     return "\n".join(rows) + "\n"
 
 
+# The environments README's "Tested with" table lists: how each is made, and which libraries it shows.
+ENVIRONMENT_ROWS = {
+    "cpu": ("CPU (`make test`, `make demo`)", "`constraints-cpu.txt`"),
+    "colab-twin": ("Colab twin (`make colab-twin`)", "Colab's snapshot of {snapshot_date} "
+                   "(`constraints/colab-snapshot.txt`), installed by the notebooks' setup cell; torch is Colab's version "
+                   "from PyPI (Colab's own `+cu128` build is on PyTorch's index)"),
+    "floors": ("Floors (`scripts/floors_env.py`)", "the lowest versions `pyproject.toml` allows for the direct "
+               "dependencies"),
+}
+TABLE_PACKAGES = ("transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "sentence-transformers",
+                  "llama-index-core", "ragas", "numpy", "pandas")
+
+
+def tested_with_table(_: str = "") -> str:
+    """README's "Tested with" table: one row per environment that ran the tests, read from
+    ``benchmarks/results/tested_with.json`` (``scripts/record_environment.py`` writes it after a run)."""
+    runs = _result("tested_with")
+    rows = ["| environment | Python | torch | the rest | what ran (passed, time, day) | where it comes from |",
+            "|---|---|---|---|---|---|"]
+    for name, (label, source) in ENVIRONMENT_ROWS.items():
+        run = runs.get(name)
+        if run is None:
+            rows.append(f"| {label} | – | – | – | not run yet | {source.format(snapshot_date='–')} |")
+            continue
+        v = run["versions"]
+        rest = ", ".join(f"{p} {v[p]}" for p in TABLE_PACKAGES if v.get(p, "not installed") != "not installed")
+        rows.append(f"| {label} | {v['python']} | {v['torch']} | {rest} | {run['ran']}: {run['passed']} passed, "
+                    f"{_duration(run['seconds'])}, {run['recorded']} | "
+                    f"{source.format(snapshot_date=run.get('snapshot_date', '–'))} |")
+    return "\n".join(rows) + "\n"
+
+
 GENERATORS: dict[str, Callable[[str], str]] = {"prerequisites": prerequisites_table, "course-times": course_times_table,
-                                               "benchmark-headlines": benchmark_headlines}
-DOCS = ("docs/instructor.md", "benchmarks/README.md")  # Markdown files with generated blocks, beside the notebooks
+                                               "benchmark-headlines": benchmark_headlines, "tested-with": tested_with_table}
+DOCS = ("docs/instructor.md", "benchmarks/README.md", "README.md")  # Markdown files with generated blocks, beside the notebooks
 
 
 def render(text: str, notebook: str) -> str:

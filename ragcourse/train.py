@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CourseConfig
+from .env import checkpointing_args
 from .hardware import Hardware, compute_dtype_name, detect_hardware
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,8 +109,7 @@ def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = 
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
         optim=optimizer_name(cfg, hw),
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **checkpointing_args(t.gradient_checkpointing),  # the spelling of the installed transformers (env.py)
         bf16=dtype == "bfloat16" and hw.device == "cuda",
         fp16=dtype == "float16" and hw.device == "cuda",
         use_cpu=hw.device == "cpu",

@@ -7,6 +7,13 @@ starts; an install that replaces them under the live kernel breaks imports until
 
 * every preloaded package becomes a tiny stand-in wheel with its snapshot version, required by URL, so pip treats it
   as installed: it stays unless a requirement its version does not meet, or a constraint, names it (as pip on Colab);
+* every preloaded package the install's dependency graph reaches carries its **real requirements** in its stand-in:
+  the registry's metadata for the snapshot's exact version (``pip install --dry-run --no-deps --report``, Colab's
+  Python and platform; pip reads the wheel's metadata file, not the wheel). The graph is followed to a fixed point:
+  resolve, read the metadata of every preloaded package reached, resolve again. So ``torch==2.11.0``'s
+  ``setuptools<82`` takes part in the resolution as it does on Colab. A version with a local tag (``2.11.0+cu128``,
+  from PyTorch's own index, which this check cannot reach) takes the registry's public release's requirements
+  without its CUDA wheels (``nvidia-*``, ``cuda-*``: the local build names Colab's CUDA 12.8 ones, already there);
 * ``pip install --dry-run --ignore-installed --report --target --python-version 3.13 --only-binary=:all:`` with the
   manylinux tags of Colab's glibc resolves the install; a package without a CPython 3.13 wheel fails it;
 * a protected package (``NEVER``: torch, numpy, pandas, CUDA, jupyter/ipykernel; ``PROTECTED``: pyarrow,
@@ -112,11 +119,32 @@ def _record_line(name: str, text: str) -> str:
     return f"{name},sha256={digest},{len(text)}"
 
 
-def stub_wheel(folder: Path, name: str, version: str) -> Path:
-    """A wheel with only metadata: stands for a package Colab already has, at its snapshot version."""
+@dataclass(frozen=True)
+class Metadata:
+    """A distribution's requirements, as its registry metadata declares them."""
+
+    requires_dist: tuple[str, ...] = ()
+    provides_extra: tuple[str, ...] = ()
+    requires_python: str | None = None
+
+    def lines(self) -> str:
+        """The METADATA header lines that carry these requirements."""
+        out = [f"Requires-Python: {self.requires_python}"] if self.requires_python else []
+        out += [f"Provides-Extra: {e}" for e in self.provides_extra]
+        return "".join(f"{line}\n" for line in out + [f"Requires-Dist: {r}" for r in self.requires_dist])
+
+
+# Requirements of a local build (``+cu128``) that the registry's public release names differently: its CUDA wheels.
+LOCAL_BUILD_OWN = re.compile(r"^(nvidia-.*|cuda-.*)$")
+
+
+def stub_wheel(folder: Path, name: str, version: str, metadata: Metadata | None = None) -> Path:
+    """A wheel with only metadata: stands for a package Colab already has, at its snapshot version, with its real
+    requirements when ``metadata`` is given (else none: a package the install's dependency graph does not reach)."""
     path = folder / stub_filename(name, version)
     dist = path.name.removesuffix("-py3-none-any.whl")
-    files = {f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    header = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + (metadata.lines() if metadata else "")
+    files = {f"{dist}.dist-info/METADATA": header,
              f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: colab-snapshot\nRoot-Is-Purelib: true\n"
                                         "Tag: py3-none-any\n"}
     record = [_record_line(n, t) for n, t in files.items()]
@@ -134,7 +162,7 @@ def pip_env() -> dict[str, str]:
 
 
 def dry_run(requirements: list[str], workdir: Path, constraints: Path | None = None, colab_target: bool = True,
-            no_deps: bool = False) -> tuple[dict, str]:
+            no_deps: bool = False, binary_only: bool = True) -> tuple[dict, str]:
     """``pip install --dry-run --report``; returns (the report, pip's output). Raises RuntimeError when pip fails."""
     req_file, report = workdir / f"req-{len(list(workdir.glob('req-*')))}.txt", workdir / "report.json"
     req_file.write_text("\n".join(requirements) + "\n")
@@ -142,7 +170,8 @@ def dry_run(requirements: list[str], workdir: Path, constraints: Path | None = N
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--progress-bar", "off",
            "--report", str(report), "-r", str(req_file)]
     if colab_target:
-        cmd += ["--target", str(workdir / "target"), "--python-version", PYTHON_VERSION, "--only-binary=:all:"]
+        cmd += ["--target", str(workdir / "target"), "--python-version", PYTHON_VERSION]
+        cmd += ["--only-binary=:all:"] if binary_only else ["--prefer-binary"]  # the latter needs --no-deps
         cmd += [a for p in PLATFORMS for a in ("--platform", p)]
     if constraints is not None:
         cmd += ["-c", str(constraints)]
@@ -175,11 +204,16 @@ def sdist_dependencies(requirements: list[str], workdir: Path) -> tuple[list[str
     return [r for r in requirements if r not in sdists], deps, installs(report)
 
 
+def colab_markers(extra: str = "") -> dict[str, str]:
+    """Environment markers of Colab's runtime (Linux x86_64, CPython ``PYTHON_VERSION``)."""
+    return {"python_version": PYTHON_VERSION, "python_full_version": f"{PYTHON_VERSION}.0", "sys_platform": "linux",
+            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": extra}
+
+
 def unmet(dependencies: list[str], final: dict[str, str]) -> list[str]:
     """The dependencies not satisfied by the final environment (Colab's packages plus the install)."""
-    env = {"python_version": PYTHON_VERSION, "python_full_version": f"{PYTHON_VERSION}.0", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-           "implementation_name": "cpython", "extra": ""}
+    env = colab_markers()
     out = []
     for text in dependencies:
         req = Requirement(text)
@@ -199,17 +233,69 @@ def wheel_kind(filename: str) -> str:
     return "pure" if tags.endswith("none-any") else tags
 
 
+_METADATA: dict[tuple[str, str], Metadata] = {}  # (name, version) -> registry metadata, read once per run
+
+
+def registry_metadata(pins: dict[str, str], workdir: Path) -> dict[str, Metadata]:
+    """{name: its requirements} for preloaded packages at their snapshot versions, from the registry's metadata for
+    Colab's Python and platform (wheels preferred; an sdist-only version has its metadata prepared by pip)."""
+    public = {n: Version(v).public for n, v in pins.items() if (n, v) not in _METADATA}
+    if public:
+        report, _ = dry_run([f"{n}=={v}" for n, v in sorted(public.items())], workdir, no_deps=True,
+                            binary_only=False)
+        for item in report["install"]:
+            meta, name = item["metadata"], canonicalize_name(item["metadata"]["name"])
+            local = Version(pins[name]).local is not None
+            requires = tuple(r for r in meta.get("requires_dist", [])
+                             if not (local and LOCAL_BUILD_OWN.match(canonicalize_name(Requirement(r).name))))
+            _METADATA[name, pins[name]] = Metadata(requires, tuple(meta.get("provides_extra", [])),
+                                                   meta.get("requires_python"))
+    return {n: _METADATA[n, v] for n, v in pins.items()}
+
+
+def reached(report: dict, roots: list[str]) -> set[str]:
+    """The distributions the roots' dependency graph reaches in a pip report (markers evaluated for Colab)."""
+    requires = {canonicalize_name(i["metadata"]["name"]): i["metadata"].get("requires_dist", []) for i in report["install"]}
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in roots]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if req.marker is not None and not any(req.marker.evaluate(colab_markers(extra)) for extra in [""]):
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in requires.get(name, []):
+            dep = Requirement(text)
+            if dep.marker is None or any(dep.marker.evaluate(colab_markers(e)) for e in ["", *req.extras]):
+                dep.marker = None
+                todo.append(dep)
+    return seen
+
+
 def resolve(requirements: list[str], constraints: Path | None, kept: dict[str, str],
             from_pyproject: bool) -> dict[str, tuple[str, str]]:
-    """What pip would install, with the ``kept`` preloaded packages as stand-ins: {name: (version, file name)}."""
+    """What pip would install, with the ``kept`` preloaded packages as stand-ins: {name: (version, file name)}.
+
+    The stand-ins of the packages the install reaches carry their real requirements (fixed point, see the module
+    docstring); raises RuntimeError when pip finds no resolution."""
     with tempfile.TemporaryDirectory(prefix="colab-resolver-") as tmp:
         workdir = Path(tmp)
-        (workdir / "stubs").mkdir()
-        stubs = [f"{n} @ {stub_wheel(workdir / 'stubs', n, v).as_uri()}" for n, v in sorted(kept.items())]
         wanted, sdist_deps, sdists = sdist_dependencies(requirements, workdir)
-        report, _ = dry_run(stubs + wanted + sdist_deps, workdir, constraints)
+        known: dict[str, Metadata] = {}
+        for round_ in range(20):
+            stub_dir = workdir / f"stubs-{round_}"
+            stub_dir.mkdir()
+            stubs = [f"{n} @ {stub_wheel(stub_dir, n, v, known.get(n)).as_uri()}" for n, v in sorted(kept.items())]
+            report, _ = dry_run(stubs + wanted + sdist_deps, workdir, constraints)
+            todo = {n: kept[n] for n in reached(report, wanted + sdist_deps) if n in kept and n not in known}
+            if not todo:
+                break
+            known |= registry_metadata(todo, workdir)
         extra = installs(dry_run(NO_DEPS, workdir, no_deps=True)[0]) if not from_pyproject else Install()
     got = installs(report).packages | extra.packages | sdists.packages
+    print(f"  (resolved with the real requirements of {len(known)} preloaded packages the install reaches)")
     return {n: v for n, v in got.items() if n not in kept or v[1] != stub_filename(n, kept[n])}
 
 
@@ -238,8 +324,9 @@ def may_move(requirements: list[str], constraints: Path | None, snapshot: dict[s
 def resolve_for_colab(requirements: list[str], constraints: Path | None, snapshot: dict[str, str], movable: set[str],
                       from_pyproject: bool) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
     """(what pip installs, why the strict resolution failed). Strict: every preloaded package not in ``movable``
-    stays. If that fails, relaxed: only the protected ones stay, to list what else would move. (None, why) when
-    neither resolves."""
+    stays. If that fails, relaxed: only the protected ones stay, to list what else would move; if that fails too,
+    free: nothing stays, to show which protected package pip would replace (pip on Colab would, e.g. torch when a
+    pin conflicts with its ``setuptools<82``). (None, why) when nothing resolves."""
     try:
         return resolve(requirements, constraints, {n: v for n, v in snapshot.items() if n not in movable},
                        from_pyproject), None
@@ -249,10 +336,17 @@ def resolve_for_colab(requirements: list[str], constraints: Path | None, snapsho
     kept = {n: v for n, v in snapshot.items() if n not in movable and (NEVER.match(n) or PROTECTED.match(n))}
     try:
         got = resolve(requirements, constraints, kept, from_pyproject)
+        print("Resolved again keeping only the protected packages (other moves below are an upper bound):")
+        return got, strict_error
+    except RuntimeError as exc:
+        print("\npip cannot keep the protected packages either:\n" + conflict_summary(str(exc)))
+    try:
+        got = resolve(requirements, constraints, {}, from_pyproject)
     except RuntimeError as exc:
         print("\npip cannot resolve it at all on Colab's Python and platform:\n" + conflict_summary(str(exc)))
         return None, strict_error
-    print("Resolved again keeping only the protected packages (other moves below are an upper bound):")
+    print("Resolved again keeping nothing, as pip on Colab would when it may replace anything (every move below is "
+          "an upper bound; the protected ones are what breaks the runtime):")
     return got, strict_error
 
 

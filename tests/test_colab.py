@@ -1,6 +1,7 @@
 """Colab without Colab (ragcourse.colab, the generated setup cell): google.colab is a stub module. Fast: no models."""
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import testenv
 
 from ragcourse import colab, course, workshop
 from ragcourse.cli import main
@@ -143,6 +145,12 @@ def test_setup_on_colab_asks_installs_and_points_the_course_at_the_checkout(fake
     assert os.environ["RAGCOURSE_ROOT"] == str(ROOT)
 
 
+def check_name(name: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(name)
+
+
 def _resolver_check_module():
     import importlib.util
 
@@ -158,9 +166,9 @@ def test_requirements_colab_and_colabs_packages_meet_every_package_dependency():
     check = _resolver_check_module()
     snapshot = check.read_snapshot(check.SNAPSHOT)
     assert snapshot["torch"] == "2.11.0+cu128" and snapshot["numpy"] == "2.1.3" and len(snapshot) > 600
-    pins = {check.canonicalize_name(name): version for name, version in
-            (l.split("==") for l in check.read_requirement_lines(check.REQUIREMENTS))}
-    assert check.unmet(check.pyproject_dependencies(), snapshot | pins) == []
+    pins = testenv.pins(check.REQUIREMENTS)
+    assert pins["trl"] and "setuptools" not in pins  # a range: Colab's torch 2.11 needs setuptools<82
+    assert check.unmet(check.pyproject_dependencies(), snapshot | pins | {"setuptools": "81.0.0"}) == []
     assert not any(check.NEVER.match(name) for name in pins)
 
 
@@ -171,6 +179,45 @@ def test_resolver_check_stand_in_wheels_are_valid_wheels(tmp_path: Path):
     assert wheel.name == "torch-2.11.0+cu128-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         assert "Version: 2.11.0+cu128" in zf.read("torch-2.11.0+cu128.dist-info/METADATA").decode()
+
+
+def test_resolver_check_stand_ins_carry_real_requirements_and_the_graph_reaches_them(tmp_path: Path):
+    """A stand-in with the registry's requirements makes pip see torch's ``setuptools<82``; the fixed point follows
+    the install's graph (extras and markers as on Colab) to the preloaded packages whose metadata it must read."""
+    import zipfile
+
+    check = _resolver_check_module()
+    meta = check.Metadata(("setuptools<82", "sympy>=1.13.3", 'pyyaml; extra == "pyyaml"'), ("pyyaml",), ">=3.10")
+    wheel = check.stub_wheel(tmp_path, "torch", "2.11.0+cu128", meta)
+    with zipfile.ZipFile(wheel) as zf:
+        text = zf.read("torch-2.11.0+cu128.dist-info/METADATA").decode()
+    assert "Requires-Dist: setuptools<82\n" in text and "Provides-Extra: pyyaml" in text
+    report = {"install": [
+        {"metadata": {"name": "trl", "requires_dist": ["torch>=2.0", 'rich; extra == "rich"', "accelerate"]}},
+        {"metadata": {"name": "torch", "requires_dist": list(meta.requires_dist)}},
+        {"metadata": {"name": "accelerate", "requires_dist": ['pywin32; sys_platform == "win32"']}},
+        {"metadata": {"name": "rich", "requires_dist": []}},
+    ]}
+    assert check.reached(report, ["trl"]) == {"trl", "torch", "setuptools", "sympy", "accelerate"}
+    assert "rich" in check.reached(report, ["trl[rich]"])
+
+
+@pytest.mark.skipif(testenv.environment() != "colab-twin", reason="checks the Colab twin (make colab-twin)")
+def test_the_colab_twin_keeps_colabs_versions_where_the_setup_cell_must_not_move_them():
+    """In the twin, every preloaded package ``requirements-colab.txt`` does not name is at the snapshot's version, and
+    the setup cell moved only packages that file names: the twin cannot drift into the course's own pins."""
+    from importlib.metadata import distributions
+
+    twin, snapshot, moves = testenv.manifest("colab-twin"), testenv.colab_snapshot(), testenv.colab_moves()
+    installed = {check_name(d.metadata["Name"]): d.version.split("+")[0] for d in distributions()}
+    # the CUDA wheels differ by design: PyPI's torch 2.11.0 names CUDA 13 ones, Colab's +cu128 build CUDA 12.8 ones
+    kept = [n for n in twin["preloaded"] if n in snapshot and n not in moves and not re.match(r"(nvidia|cuda)-", n)]
+    for name in ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "sentence-transformers",
+                 "tokenizers", "huggingface-hub"):
+        assert name in kept, f"{name} is not preloaded in the twin"
+    drift = {n: f"snapshot {snapshot[n]}, installed {installed.get(n)}" for n in kept if installed.get(n) != snapshot[n]}
+    assert not drift, f"the Colab twin drifted from Colab's versions: {drift}"
+    assert set(twin["moved_by_setup_cell"]) <= moves, "the setup cell moved a package requirements-colab.txt does not name"
 
 
 def test_imported_versions_name_the_distributions_this_process_has_imported():
