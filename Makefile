@@ -2,6 +2,8 @@
 #   make demo   set up .venv if needed, then run every notebook on the cpu-smoke preset (offline)
 #   make test   set up .venv if needed, then run the unit tests and the notebook tests
 #   make unit   the fast unit tests only (no training, no notebooks)
+#   make colab-twin  Colab's package versions, installed by the setup cell, in .venv-colab-twin: fast tests + notebooks
+#   make floors the lowest versions pyproject.toml allows, in .venv-floors: fast unit tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +12,7 @@ PRESET ?= cpu-smoke
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt
 STAMP  := $(VENV)/.ragcourse-installed
 
-.PHONY: venv demo test unit notebooks clean-outputs
+.PHONY: venv demo test unit notebooks clean-outputs colab-twin floors
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,12 @@ unit: venv
 
 notebooks: venv
 	$(BIN)/python -m pytest notebooks
+
+colab-twin: venv
+	$(BIN)/python scripts/colab_twin.py all
+
+floors: venv
+	$(BIN)/python scripts/floors_env.py all
 
 clean-outputs:
 	rm -rf outputs/

@@ -51,19 +51,47 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary folders that :func:`atomic_dir` processes on this machine left when they were killed.
+# A temporary folder of another host is a dead run's once nothing in it changed for this long. Colab gives every VM a
+# new host name, so a merge cut off by a disconnect would leave its multi-GB folder on Drive forever; no Colab VM lives
+# a day (12 h on the free tier, 24 h at most on paid ones), and a live writer on another machine touches its folder far
+# more often (every saved shard or checkpoint), so after a day no running process can still own it.
+OTHER_HOST_TEMP_MAX_AGE_S = 24 * 3600
 
-    Only folders named with this host and a pid that no longer runs are removed (a live writer's, another machine's
-    on a shared disk, and anything not named by ``atomic_dir`` are kept). Returns what was removed.
+
+def last_modified(path: Path) -> float:
+    """The newest modification time of ``path`` and everything under it (seconds since the epoch)."""
+    newest = path.stat().st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                newest = max(newest, os.stat(os.path.join(root, name), follow_symlinks=False).st_mtime)
+    return newest
+
+
+def _dead_writer(entry: Path, match: re.Match[str], now: float) -> bool:
+    if match["host"] == _host():
+        return int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"]))
+    try:
+        return now - last_modified(entry) > OTHER_HOST_TEMP_MAX_AGE_S
+    except OSError:
+        return False
+
+
+def clean_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary folders that killed :func:`atomic_dir` processes left.
+
+    This host's: named with a pid that no longer runs (a live writer's is kept). Another host's (a shared disk, or
+    Drive seen from a new Colab VM): only when nothing in it changed for :data:`OTHER_HOST_TEMP_MAX_AGE_S`. Anything
+    not named by ``atomic_dir`` is kept. Returns what was removed.
     """
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
+    now = time.time()
     for entry in folder.iterdir():
         match = _TEMP.fullmatch(entry.name)
-        if match and match["host"] == _host() and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
+        if match and _dead_writer(entry, match, now):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -14,11 +14,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one value, e.g. --set training.max_steps=5 (repeatable)")
 
 
+# Commands that never load the preset's language model: they run on any machine, for a GPU preset too.
+NO_MODEL_COMMANDS = ("config", "prepare-models", "index", "status", "push", "pull")
+
+
 def _start(args: argparse.Namespace, quiet: bool = True):
     from .config import parse_overrides
     from .runtime import start
 
-    return start(args.preset, args.config, quiet=quiet, writes=args.command != "config", **parse_overrides(args.overrides))
+    loads_model = not (args.command in NO_MODEL_COMMANDS or getattr(args, "print_only", False)
+                       or (args.command == "data" and not args.synthetic))
+    return start(args.preset, args.config, quiet=quiet, writes=args.command != "config", loads_model=loads_model,
+                 **parse_overrides(args.overrides))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -116,9 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     merged = cfg.artifact_dir("merged").resolve()
     print("transformers serve (this machine, CPU or GPU):\n  " + serve.shell(serve.serve_command(cfg, args.host, port, merged)))
     adapters = {f"fsr7-{v}": rule_adapter_dir(cfg, v) for v in ("v1", "v2")}
-    print("vLLM (GPU), the merged model:\n  " + serve.shell(serve.vllm_command(cfg)))
+    print(f"vLLM (GPU), the merged model:\n  {serve.vllm_note(cfg)}\n  " + serve.shell(serve.vllm_command(cfg)))
     print("vLLM (GPU), notebook 04's rule adapters on one base (a request picks one with model=fsr7-v1 or fsr7-v2):\n  "
-          + serve.shell(serve.vllm_command(cfg, adapters)))
+          + serve.vllm_note(cfg, adapters) + "\n  " + serve.shell(serve.vllm_command(cfg, adapters)))
     if args.print_only:
         return 0
     server = serve.start_server(cfg, args.host, port, timeout_s=args.timeout)
@@ -318,14 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors a user can fix from the message alone: printed as one line, not a traceback."""
     from .config import ConfigError
-    from .errors import DataError
+    from .errors import DataError, HardwareError
     from .models import ModelNotAvailable
     from .retrieval import VectorStoreUnavailable
     from .serve import ServerError
     from .train import ResumeRefused
 
-    return (ConfigError, DataError, ModelNotAvailable, VectorStoreUnavailable, ServerError, ResumeRefused,
-            FileNotFoundError, PermissionError)
+    return (ConfigError, DataError, HardwareError, ModelNotAvailable, VectorStoreUnavailable, ServerError,
+            ResumeRefused, FileNotFoundError, PermissionError)
 
 
 def one_line(exc: BaseException) -> str:

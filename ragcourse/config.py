@@ -47,6 +47,10 @@ class ExpectedCost:
     total_minutes: float = 20.0
     # CPU presets: the whole course on a CPU whose widest vector kernels are AVX2 (most laptops), when it differs
     total_minutes_avx2: float | None = None
+    # GPU presets: a CUDA GPU is required, and ``runtime.start`` stops with the reason where none is usable (a 7B model
+    # on the CPU would not fail: it would run for days). Rehearsals (``ragcourse.rehearsal``) load presets without
+    # runtime.start, so they still run GPU presets' code paths on the CPU.
+    needs_cuda: bool = False
 
 
 @dataclass

@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class DataError(ValueError):
     """Input data is unusable; the message names the file (and line) and the fix."""
+
+
+class HardwareError(RuntimeError):
+    """The chosen preset needs hardware this runtime cannot use (a CUDA GPU); the message says why and the fix."""

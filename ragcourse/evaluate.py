@@ -162,8 +162,8 @@ def judge_llm(cfg: CourseConfig, model: Any = None, tokenizer: Any = None):
         async def _agenerate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> Any:
             return await run_in_executor(None, self._generate, messages, stop, None, **kwargs)
 
-    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, max_new_tokens=256, do_sample=False,
-                    return_full_text=False)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, do_sample=False, return_full_text=False,
+                    max_new_tokens=scoring.judge_max_new_tokens(cfg.model.max_new_tokens))
     return _legacy_wrapper(LangchainLLMWrapper, LocalChat(llm=HuggingFacePipeline(pipeline=pipe)))
 
 

@@ -262,6 +262,93 @@ def busy_cpu_warning(busy_percent: float, hw: Hardware, policy: str | None = Non
             f"here can run several times slower: {fix}.")
 
 
+# -- a GPU preset without a usable GPU: say why, once, instead of falling back to the CPU (issue 31) -------------------
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"  # Linux: there when the NVIDIA kernel driver is loaded
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's "CUDA minor version compatibility" table): an older
+# driver makes torch.cuda.is_available() quietly return False.
+MIN_DRIVER_FOR_CUDA = {11: (450, 80), 12: (525, 60), 13: (580, 65)}
+TORCH_BUILDS = "https://pytorch.org/get-started/locally/"  # the pip command for each CUDA version
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA driver's version (``"550.54.15"``; ``"unknown"`` when its file says none), or None without a driver:
+    read from :data:`NVIDIA_DRIVER_FILE`, else from ``nvidia-smi`` (WSL and containers without the /proc file)."""
+    import re
+    import subprocess
+
+    try:
+        with open(NVIDIA_DRIVER_FILE, encoding="utf-8") as f:
+            found = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", f.read())
+        return found[1] if found else "unknown"
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    return lines[0] if out.returncode == 0 and lines else None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def cuda_unusable_reason(torch_version: str, torch_cuda: str | None, driver: str | None,
+                         visible_devices: str | None = None) -> str:
+    """Why torch sees no CUDA GPU here, with the fix, in one clause (notebook 00, "Check the runtime"): no NVIDIA
+    driver, a CPU-only torch, GPUs hidden by ``CUDA_VISIBLE_DEVICES``, or a driver too old for torch's CUDA build."""
+    if driver is None:
+        return ("no NVIDIA GPU here (no NVIDIA driver answers): choose the cpu-smoke preset, or a GPU runtime "
+                "(Colab: Runtime > Change runtime type > T4 GPU)")
+    if torch_cuda is None:
+        return (f"torch {torch_version} is a CPU-only build, though NVIDIA driver {driver} is present: install a CUDA "
+                f"build of torch for the CUDA version `nvidia-smi` shows (the command for each: {TORCH_BUILDS})")
+    if visible_devices is not None and visible_devices.strip() in ("", "-1"):
+        return (f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides every GPU from torch: unset it, or set it to a GPU's "
+                f"index (e.g. 0)")
+    major = int(torch_cuda.split(".")[0])
+    needed = MIN_DRIVER_FOR_CUDA.get(major)
+    if needed and driver != "unknown" and _version_tuple(driver)[:2] >= needed:
+        return (f"torch {torch_version} (CUDA {torch_cuda}) cannot use the GPU although NVIDIA driver {driver} "
+                f"supports CUDA {major}: run `nvidia-smi` to see whether the GPU is visible and healthy here")
+    oldest = f" (CUDA {major} needs driver {'.'.join(map(str, needed))} or newer)" if needed else ""
+    named = "the NVIDIA driver" if driver == "unknown" else f"NVIDIA driver {driver}"
+    return (f"driver/CUDA mismatch: torch {torch_version} is built for CUDA {torch_cuda}, and {named} is too old for "
+            f"it{oldest}: update the driver, or install a torch build for the CUDA version your driver supports, which "
+            f"`nvidia-smi` shows (the command for each: {TORCH_BUILDS})")
+
+
+def why_no_cuda() -> str | None:
+    """:func:`cuda_unusable_reason` for this runtime, or None where torch can use a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return cuda_unusable_reason(torch.__version__, torch.version.cuda, nvidia_driver_version(),
+                                os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def check_preset_hardware(preset: str, needs_cuda: bool, hw: Hardware) -> None:
+    """Stop with one line when ``preset`` needs a CUDA GPU (``expected.needs_cuda``) and this runtime has none usable:
+    falling back to the CPU would load a 7B model there and run for days (notebook 00, "Check the runtime")."""
+    from .errors import HardwareError
+
+    if needs_cuda and hw.device != "cuda":
+        raise HardwareError(f"preset {preset} needs a CUDA GPU, and torch cannot use one here: {why_no_cuda()}.")
+
+
+def cpu_fallback_note(hw: Hardware) -> str | None:
+    """The line ``runtime.start`` prints when it runs on the CPU although an NVIDIA driver is present (so a GPU
+    preset was not picked): why CUDA is unusable and the fix. None where there is a usable GPU or no driver at all."""
+    if hw.device == "cuda" or nvidia_driver_version() is None:
+        return None
+    return (f"Note: an NVIDIA driver is present, yet torch cannot use the GPU, so cpu-smoke runs on the CPU: "
+            f"{why_no_cuda()}.")
+
+
 def auto_preset(hw: Hardware | None = None) -> str:
     """The preset that fits this runtime: by GPU memory, or ``cpu-smoke`` without a GPU."""
     hw = hw or detect_hardware()

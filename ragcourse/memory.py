@@ -460,7 +460,6 @@ HOST_GPU_PROCESS_BYTES = int(3.0 * GIB)  # a Jupyter kernel with torch (CUDA ini
 CHECKPOINT_SHARD_BYTES = 5 * 10**9  # hub checkpoints come in shards of at most 5 GB (Qwen2.5: ~4 GB; Llama 3.1: 5 GB)
 MERGED_MAX_SHARD_SIZE = "2GB"  # save_pretrained(max_shard_size=...) for the merged model: transformers' default is 50GB
 JUDGE_PROMPT_EXTRA_TOKENS = 1024  # a RAGAS judge prompt: instructions and few-shot examples around the sample
-JUDGE_MAX_NEW_TOKENS = 256  # evaluate.judge_llm's pipeline
 CHECK_PROMPTS, CHECK_TOKENS = 4, 128  # merge's logit check: a few prompts, their logits kept
 RETRIEVAL_MODEL_PARAMS = 22_713_216  # all-MiniLM-L6-v2 (and the MiniLM-L6 cross-encoder: the same shapes), fp32
 
@@ -594,13 +593,14 @@ def _judge_parts(cfg: Any, dtype: str) -> tuple[dict[str, int], str]:
                     "none": "no judge"}.get(cfg.evaluation.judge, "")
     from .env import needs_network
     from .lora import arch_for_model
+    from .scoring import judge_max_new_tokens
 
     if arch_for_model(judge) is None and needs_network(judge):  # a local folder is sized from its config.json
         raise ValueError(f"evaluation.judge {judge!r} has no architecture config in ragcourse/archs: add one, so the "
                          f"memory plan can size it.")
     q = cfg.quantization
     fmt = ("nf4-dq" if q.bnb_4bit_use_double_quant else "nf4") if q.load_in_4bit else dtype
-    tokens = cfg.model.max_length + JUDGE_PROMPT_EXTRA_TOKENS + JUDGE_MAX_NEW_TOKENS
+    tokens = cfg.model.max_length + JUDGE_PROMPT_EXTRA_TOKENS + judge_max_new_tokens(cfg.model.max_new_tokens)
     parts = {"judge_weights": weights_bytes(judge, fmt, dtype), "judge_kv_cache": kv_cache_bytes(judge, tokens, dtype),
              "judge_activations": inference_activation_bytes(judge, 1, tokens, dtype)}
     return parts, f"judge: {judge} ({WEIGHT_LABELS[fmt]}), beside the model under test"

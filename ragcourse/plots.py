@@ -6,6 +6,26 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
+def can_draw_live(shell: Any = None) -> bool:
+    """Can a figure be redrawn in place here, as notebook 03's live loss curve is (``train.loss_curve_callback``)?
+
+    Yes in a Jupyter kernel, whatever the front end: Jupyter's ``ZMQInteractiveShell``, Colab's
+    ``google.colab._shell.Shell`` (a subclass with another name, so a check of the class name never drew there), VS
+    Code's; each has the ``kernel`` its display messages go through. No in a terminal IPython
+    (``TerminalInteractiveShell``) or plain Python. ``shell`` defaults to the running one (``get_ipython()``).
+    """
+    if shell is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return False
+        shell = get_ipython()
+    if shell is None:
+        return False
+    return (getattr(shell, "kernel", None) is not None
+            or any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__))
+
+
 def _finish(fig: Any, path: str | Path | None) -> Any:
     fig.tight_layout()
     if path is not None:

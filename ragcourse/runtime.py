@@ -17,18 +17,28 @@ def seed_everything(seed: int) -> None:
 
 
 def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, writes: bool = True,
-          **overrides: Any) -> CourseConfig:
+          loads_model: bool = True, **overrides: Any) -> CourseConfig:
     """Load the config, set the offline/no-telemetry environment, seed, and print what this run uses.
 
     Without a preset (argument, ``$RAGCOURSE_PRESET`` or ``preset:`` in the user YAML) the preset is
-    picked from the hardware: ``cpu-smoke`` without a GPU, else by GPU memory. When the run ``writes`` artifacts,
-    the output folder is probed first (a read-only one fails now, not after the work) and the temporary folders
-    of killed runs are removed.
+    picked from the hardware: ``cpu-smoke`` without a GPU (with a line saying why when an NVIDIA driver is there but
+    torch cannot use it), else by GPU memory. When the run ``loads_model`` (trains, merges, answers or judges with the
+    preset's model), a GPU preset on a runtime without a usable GPU stops here with the reason
+    (``hardware.check_preset_hardware``); commands that only print, index or copy artifacts pass ``False``. When the
+    run ``writes`` artifacts, the output folder is probed first (a read-only one fails now, not after the work) and the
+    temporary folders of killed runs are removed.
     """
     from .artifacts import check_writable, clean_stale_temps
-    from .hardware import auto_preset
+    from .hardware import auto_preset, check_preset_hardware, cpu_fallback_note, detect_hardware
 
-    cfg = load_config(preset, user_config, fallback=auto_preset(), **overrides)
+    hw = detect_hardware()
+    picked = auto_preset(hw)
+    cfg = load_config(preset, user_config, fallback=picked, **overrides)
+    note = cpu_fallback_note(hw) if cfg.preset == picked else None  # cpu-smoke although a driver is there
+    if note:
+        print(note)
+    if loads_model:
+        check_preset_hardware(cfg.preset, cfg.expected.needs_cuda, hw)
     if writes:
         check_writable(cfg.output_dir)
         clean_stale_temps(cfg.output_dir)

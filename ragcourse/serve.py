@@ -93,19 +93,43 @@ def vllm_command(cfg: CourseConfig, adapters: Mapping[str, str | Path] | None = 
     trained on the base, and a request picks one by sending its name as ``model``.
     """
     from .merge import merge_dtype
-    from .models import SMOLLM2, cache_dir
 
     common = ["--host", "127.0.0.1", "--port", str(port), "--dtype", merge_dtype(cfg),
               "--max-model-len", str(cfg.model.max_length),
               "--generation-config", "auto"]  # greedy + end-of-turn stop from generation_config.json
     if not adapters:
         return ["vllm", "serve", str(cfg.artifact_dir("merged")), "--served-model-name", f"ragcourse-{cfg.preset}", *common]
-    # The base as training loaded it (the embedded SmolLM2 is the safetensors folder converted once from its GGUF).
-    base = str(cache_dir(cfg) / "smollm2-135m-instruct") if cfg.model.name == SMOLLM2 else cfg.model.name
+    base = vllm_base(cfg)
     modules = [f"{name}={Path(path)}" for name, path in adapters.items()]
     rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= cfg.lora.r)  # vLLM accepts only these
     return ["vllm", "serve", base, "--served-model-name", f"base-{cfg.preset}", *common, "--enable-lora",
             "--max-lora-rank", str(rank), "--max-loras", str(len(modules)), "--lora-modules", *modules]
+
+
+def vllm_base(cfg: CourseConfig) -> str:
+    """The base :func:`vllm_command` serves adapters on: the released checkpoint (the embedded SmolLM2 is the
+    safetensors folder converted once from its GGUF), in 16-bit: vLLM does not load it in NF4 as QLoRA training did."""
+    from .models import SMOLLM2, cache_dir
+
+    return str(cache_dir(cfg) / "smollm2-135m-instruct") if cfg.model.name == SMOLLM2 else cfg.model.name
+
+
+def vllm_note(cfg: CourseConfig, adapters: Mapping[str, str | Path] | None = None) -> str:
+    """The comment printed above :func:`vllm_command`: which weights the command serves, and for adapters trained with
+    QLoRA why that is not the trained model and what to serve instead (notebook 05, section 10)."""
+    base = vllm_base(cfg)
+    if not cfg.quantization.load_in_4bit:  # 16-bit LoRA: trained on the released weights, served on them
+        return (f"# the adapters on {base} as released: the weights they were trained on" if adapters else
+                f"# the adapter merged into {cfg.model.name} as released: the weights it was trained on")
+    if not adapters:
+        return (f"# the adapter merged into {cfg.model.name}'s 4-bit NF4 weights, dequantized once: the weights QLoRA "
+                f"trained it on, so it answers as the trained model (notebook 04, section 1)")
+    return (f"# the adapters on {base} as released, unquantized: QLoRA trained them on its 4-bit NF4 weights, which "
+            f"are not the same weights, so the answers drift from the trained model's (notebook 04, section 3 "
+            f"measures it: merge (b), into the original weights). To serve exactly what was trained, merge each "
+            f"adapter into the NF4 weights dequantized (merge.merge with adapter_dir=..., then merge.save_merged with "
+            f"target=...), as the course did for its own adapter in {cfg.artifact_dir('merged')}, and serve that "
+            f"folder as above.")
 
 
 def shell(cmd: Sequence[str]) -> str:
@@ -195,6 +219,16 @@ def server_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
+def release_models() -> None:
+    """Free what models this process let go of before the server loads its own copy: ``ragcourse serve`` may have
+    just merged the adapter here (``pipeline.ensure(cfg, "merged")``), and a model in a reference cycle stays in
+    memory until the collector runs, its GPU memory in torch's cache until it is emptied (``models.free_memory``)."""
+    if "torch" in sys.modules:  # no torch imported: no model was ever loaded here
+        from .models import free_memory
+
+        free_memory()
+
+
 def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 180.0,
                  log_path: Path | None = None, threads: int | None = None) -> Server:
     """Start ``transformers serve`` with the merged model on ``host`` (loopback by default) and a free port, and wait
@@ -203,6 +237,7 @@ def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = 
         raise ServerError(SERVE_HELP)
     port = port or free_port(host)
     cmd = serve_command(cfg, host, port)
+    release_models()
     # The `transformers` script of *this* interpreter, whatever is first on PATH.
     argv = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
             *cmd[1:]]

@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import colab_resolver_check as resolver  # noqa: E402  (the snapshot reader and the protected-package rules)
+from record_environment import passed_in, record_with  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TWIN = ROOT / ".venv-colab-twin"
@@ -179,16 +180,25 @@ def build(twin: Path = TWIN, force: bool = False) -> Path:
     return python
 
 
-def test(twin: Path = TWIN) -> int:
+def run_tests(python: Path, runs: list[list[str]], env: dict[str, str], label: str) -> tuple[int, int, float]:
+    """pytest once per entry of ``runs`` with ``python``, from the repository root: (status, passed, seconds)."""
+    status, count, t_all = 0, 0, time.perf_counter()
+    for i, what in enumerate(runs):
+        t0, junit = time.perf_counter(), python.parent.parent / f"junit-{i}.xml"
+        status |= subprocess.run([str(python), "-m", "pytest", *what, "-p", "no:cacheprovider",
+                                  f"--junit-xml={junit}"], cwd=ROOT, env=env).returncode
+        count += passed_in(junit)
+        print(f"{label}: pytest {' '.join(what)} took {time.perf_counter() - t0:.0f} s")
+    return status, count, time.perf_counter() - t_all
+
+
+def test(twin: Path = TWIN, record_run: bool = False) -> int:
     """The fast unit tests, then every notebook on cpu-smoke, in the twin (outputs under the twin's /content)."""
     python = twin / "bin" / "python"
     env = {**os.environ, "RAGCOURSE_CONFIG": str(_content(twin) / "ragcourse-colab.yaml"), "RAGCOURSE_PRESET": "cpu-smoke"}
-    status = 0
-    for what in (["tests", "-m", "not slow"], ["notebooks"]):
-        t0 = time.perf_counter()
-        status |= subprocess.run([str(python), "-m", "pytest", *what, "-p", "no:cacheprovider"], cwd=ROOT,
-                                 env=env).returncode
-        print(f"Colab twin: pytest {' '.join(what)} took {time.perf_counter() - t0:.0f} s")
+    status, count, seconds = run_tests(python, [["tests", "-m", "not slow"], ["notebooks"]], env, "Colab twin")
+    if record_run and status == 0:
+        record_with(python, "colab-twin", "fast unit tests + 7 notebooks", count, seconds)
     return status
 
 
@@ -197,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["build", "test", "all"], nargs="?", default="all")
     parser.add_argument("--venv", type=Path, default=TWIN, help="the twin's folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when its inputs did not change")
+    parser.add_argument("--record", action="store_true", help="after a passing test run, write it to "
+                        "benchmarks/results/tested_with.json (README's table; not in CI, which must not change files)")
     args = parser.parse_args(argv)
     twin = args.venv.resolve()
     if args.what in ("build", "all"):
         build(twin, args.force)
-    return test(twin) if args.what in ("test", "all") else 0
+    return test(twin, args.record) if args.what in ("test", "all") else 0
 
 
 if __name__ == "__main__":

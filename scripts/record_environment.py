@@ -30,6 +30,24 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"
 ENVIRONMENTS = ("cpu", "colab-twin", "floors")
 
 
+def passed_in(junit: Path) -> int:
+    """Tests that passed, from pytest's JUnit XML report (0 when there is none)."""
+    import xml.etree.ElementTree as ET
+
+    if not junit.is_file():
+        return 0
+    suites = ET.parse(junit).getroot().iter("testsuite")
+    return sum(int(s.get("tests", 0)) - sum(int(s.get(k, 0)) for k in ("failures", "errors", "skipped")) for s in suites)
+
+
+def record_with(python: Path, name: str, ran: str, passed: int, seconds: float) -> None:
+    """Record a run of environment ``name`` with that environment's own Python (its versions are read there)."""
+    import subprocess
+
+    subprocess.run([str(python), __file__, name, "--ran", ran, "--passed", str(passed), "--seconds", str(seconds)],
+                   check=True, cwd=ROOT)
+
+
 def record(name: str, ran: str, passed: int, seconds: float, path: Path = RESULT) -> dict:
     data = json.loads(path.read_text()) if path.is_file() else {}
     manifest = next((json.loads(p.read_text()) for p in Path(sys.prefix).glob("ragcourse-*.json")), {})

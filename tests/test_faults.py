@@ -296,6 +296,24 @@ def test_killed_step_leaves_a_temp_folder_the_next_run_removes(tmp_path):
     assert (target / "manifest.json").read_text() == "{}"
 
 
+
+def test_another_hosts_temp_folder_is_removed_once_a_day_old(tmp_path):
+    """Colab gives every VM a new host name: a merge cut off by a disconnect leaves another host's temp folder on
+    Drive."""
+    import time
+
+    day = artifacts.OTHER_HOST_TEMP_MAX_AGE_S
+    old, recent = (tmp_path / f".merged.tmp-colabvm{n}-4242-abcd1234" for n in (1, 2))
+    for folder, age in ((old, day + 3600), (recent, day - 3600)):  # seconds since anything in it changed
+        (folder / "sub").mkdir(parents=True)
+        for path in (folder / "sub" / "model-00001.safetensors", folder / "sub", folder):
+            path.touch()
+            os.utime(path, (time.time() - age,) * 2)
+    os.utime(recent / "sub", (time.time() - 2 * day,) * 2)  # an old folder inside does not age the newest file
+    assert artifacts.clean_stale_temps(tmp_path) == [old]
+    assert not old.exists() and (recent / "sub" / "model-00001.safetensors").exists()
+
+
 # -- the injection filter, measured on a labelled set (tests/injection/README.md) ----------------------------------
 
 # The filter as it was before issue 17, kept to regenerate the "before" columns.

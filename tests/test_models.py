@@ -80,6 +80,73 @@ def test_default_torch_threads_is_what_runtime_applies(monkeypatch):
     assert applied == [1, 2]
 
 
+def test_why_cuda_is_unusable_names_the_cause_and_the_fix():
+    from ragcourse.hardware import cuda_unusable_reason
+
+    old_driver = cuda_unusable_reason("2.13.0+cu130", "13.0", "535.104.05")
+    assert "driver/CUDA mismatch" in old_driver and "CUDA 13.0" in old_driver and "535.104.05" in old_driver
+    assert "too old" in old_driver and "update the driver" in old_driver and "torch build" in old_driver
+    cpu_build = cuda_unusable_reason("2.13.0+cpu", None, "550.54.15")
+    assert "CPU-only build" in cpu_build and "install a CUDA build" in cpu_build and "mismatch" not in cpu_build
+    no_gpu = cuda_unusable_reason("2.13.0+cu130", "13.0", None)
+    assert "no NVIDIA GPU" in no_gpu and "cpu-smoke" in no_gpu and "GPU runtime" in no_gpu
+    assert "CUDA_VISIBLE_DEVICES" in cuda_unusable_reason("2.13.0+cu130", "13.0", "580.65.06", visible_devices="")
+    assert "too old" not in cuda_unusable_reason("2.13.0+cu130", "13.0", "580.65.06")  # new enough: another cause
+
+
+def test_the_nvidia_driver_version_is_read_from_proc(monkeypatch, tmp_path):
+    from ragcourse import hardware
+
+    for line, version in (("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023",
+                           "535.104.05"),
+                          ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.15  Release Build",
+                           "550.54.15")):
+        (tmp_path / "version").write_text(line + "\nGCC version:  gcc version 12.2.0\n")
+        monkeypatch.setattr(hardware, "NVIDIA_DRIVER_FILE", str(tmp_path / "version"))
+        assert hardware.nvidia_driver_version() == version
+
+
+@pytest.fixture
+def driver_too_old(monkeypatch):
+    """A CUDA 12.8 torch beside NVIDIA driver 470 (CUDA 11 only): torch.cuda.is_available() is False."""
+    import torch
+
+    from ragcourse import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(hardware, "nvidia_driver_version", lambda: "470.57.02")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("RAGCOURSE_PRESET", raising=False)
+
+
+@pytest.mark.parametrize("preset", ["colab-t4", "gpu-24gb"])
+def test_a_gpu_preset_without_a_usable_gpu_stops_with_one_line(preset, driver_too_old, tmp_path, capsys):
+    from ragcourse import cli, runtime
+    from ragcourse.errors import HardwareError
+
+    expected = f"preset {preset} needs a CUDA GPU.*driver/CUDA mismatch.*CUDA 12.8.*470.57.02"
+    with pytest.raises(HardwareError, match=expected):
+        runtime.start(preset, quiet=True, paths={"output_root": str(tmp_path)})
+    assert cli.main(["train", "--preset", preset, "--set", f"paths.output_root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "update the driver" in err
+    assert not (tmp_path / preset).exists()  # stopped before any work
+    # what never loads the model still runs here: print the config, say what is built, push or pull artifacts
+    assert runtime.start(preset, quiet=True, loads_model=False).preset == preset
+    assert cli.main(["status", "--preset", preset, "--set", f"paths.output_root={tmp_path}"]) == 0
+
+
+def test_auto_falls_back_to_the_cpu_saying_why_when_a_driver_is_there(driver_too_old, monkeypatch, capsys):
+    from ragcourse import hardware, runtime
+
+    assert runtime.start(quiet=True, writes=False).preset == "cpu-smoke"
+    note = capsys.readouterr().out.strip().splitlines()
+    assert len(note) == 1 and "cpu-smoke" in note[0] and "driver/CUDA mismatch" in note[0] and "470.57.02" in note[0]
+    monkeypatch.setattr(hardware, "nvidia_driver_version", lambda: None)  # no GPU at all: nothing to explain
+    assert runtime.start(quiet=True, writes=False).preset == "cpu-smoke" and capsys.readouterr().out == ""
+
+
 def test_import_sets_the_wait_policy_unless_the_user_chose_one():
     from ragcourse import hardware
 

@@ -91,6 +91,33 @@ def test_commands_name_the_merged_model_and_the_rule_adapters(smoke_free_cfg):
     assert lora[2].endswith("smollm2-135m-instruct")  # the base the adapters were trained on, not the merged model
 
 
+def test_vllm_commands_say_which_base_and_why_qlora_adapters_drift_on_it(smoke_free_cfg, tmp_path, capsys):
+    """vLLM serves adapters on the released base, unquantized; a QLoRA adapter learned to correct the NF4 weights, so
+    the comment above the command says so and points to the merged model, merged into the dequantized NF4 weights."""
+    from ragcourse import cli
+    from ragcourse.config import load_config
+    from ragcourse.merge import rule_adapter_dir
+
+    qlora = smoke_free_cfg
+    adapters = {f"fsr7-{v}": rule_adapter_dir(qlora, v) for v in ("v1", "v2")}
+    base = serve.vllm_command(qlora, adapters)[2]
+    note = serve.vllm_note(qlora, adapters)
+    assert qlora.quantization.load_in_4bit and note.startswith("# ") and base in note
+    assert "NF4" in note and "not the same weights" in note and "notebook 04, section 3" in note  # the reason, measured
+    assert str(qlora.artifact_dir("merged")) in note and "dequantized" in note  # what to serve instead
+    merged_note = serve.vllm_note(qlora)
+    assert "NF4" in merged_note and "dequantized" in merged_note and "not the same" not in merged_note
+
+    lora16 = load_config("gpu-80gb", paths={"output_root": str(tmp_path)})  # 16-bit LoRA: served on what it learned on
+    note16 = serve.vllm_note(lora16, adapters)
+    assert not lora16.quantization.load_in_4bit and lora16.model.name in note16 and "NF4" not in note16
+
+    assert cli.main(["serve", "--preset", "cpu-smoke", "--print", "--set", f"paths.output_root={tmp_path}"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    command = next(i for i, line in enumerate(lines) if line.startswith("vllm serve ") and "--enable-lora" in line)
+    assert lines[command - 1] == serve.vllm_note(load_config("cpu-smoke", paths={"output_root": str(tmp_path)}),
+                                                 adapters={"fsr7-v1": "", "fsr7-v2": ""})  # printed above it
+
 def test_missing_merged_model_names_the_fix(tmp_path):
     from ragcourse.config import load_config
 
@@ -128,3 +155,58 @@ def test_cli_prints_the_commands_without_starting_anything(tmp_path):
     assert "transformers serve " in out and "--host 127.0.0.1" in out
     assert "vllm serve " in out and "--enable-lora" in out and "fsr7-v2=" in out
     assert not (tmp_path / "cpu-smoke" / "merged").exists()  # --print built nothing
+
+
+def test_serve_frees_the_merged_model_before_the_server_loads_its_copy(tmp_path, monkeypatch):
+    """``ragcourse serve`` merges in this process when the merged model is stale; a model kept alive by a reference
+    cycle (hooks do that) or by torch's CUDA cache would sit beside the server's copy on the GPU. The server child and
+    the GPU are faked: when the child starts, the merge's model is gone and the CUDA cache was emptied."""
+    import gc
+    import weakref
+
+    import torch
+
+    from ragcourse import cli, hardware, merge, pipeline
+
+    cpu = hardware.Hardware("cpu", None, None, False, None, None, 2, 1, 8.0, False)
+    for module in (hardware, merge):  # the command's dtype and device: decided before the fake GPU appears
+        monkeypatch.setattr(module, "detect_hardware", lambda: cpu)
+    monkeypatch.setattr(serve, "serving_available", lambda: True)
+    monkeypatch.setattr(serve, "wait_until_ready", lambda server, timeout_s: 0.0)
+    merged_model: list[weakref.ref] = []
+    emptied: list[bool] = []
+
+    def merge_here(cfg, step, **kwargs):  # pipeline.ensure(cfg, "merged") building the merged model in this process
+        model = torch.nn.Linear(4, 4)
+        model.register_forward_hook(lambda module, args, out: model)  # a cycle: the hook holds the model
+        merged_model.append(weakref.ref(model))
+        cfg.artifact_dir("merged").mkdir(parents=True)
+        (cfg.artifact_dir("merged") / "model.safetensors").write_bytes(b"")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU from here on
+        monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+        monkeypatch.setattr(serve.subprocess, "Popen", Child)  # the next process started is the server
+        return cfg.artifact_dir("merged")
+
+    class Child:  # the `transformers serve` process
+        pid, returncode = 0, 0
+
+        def __init__(self, argv, **kwargs):
+            self.model_alive, self.cache_emptied = merged_model[0]() is not None, bool(emptied)
+            children.append(self)
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    children: list[Child] = []
+    monkeypatch.setattr(pipeline, "ensure", merge_here)
+    collecting = gc.isenabled()
+    gc.disable()  # only the explicit collection may free the cycle, not a collection that happens to run
+    try:
+        assert cli.main(["serve", "--preset", "cpu-smoke", "--set", f"paths.output_root={tmp_path}"]) == 0
+    finally:
+        if collecting:
+            gc.enable()
+    assert len(children) == 1 and not children[0].model_alive and children[0].cache_emptied
