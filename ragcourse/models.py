@@ -148,11 +148,11 @@ def bnb_config(cfg: CourseConfig, hw: Hardware | None = None):
 
 
 def disable_cpu_inference_repack(model: Any) -> int:
-    """Keep bitsandbytes' 4-bit CPU weights trainable after an inference call.
+    """Keep bitsandbytes' 4-bit CPU weights trainable after an inference call (notebook 03, section 2).
 
     On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights into an inference-only layout on the
-    first eval-mode forward pass; training afterwards silently stops learning. Returns how many
-    layers were switched.
+    first eval-mode forward pass; training afterwards silently stops learning. Layers on a GPU, and models
+    without 4-bit layers, are left as they are. Returns how many layers were switched.
     """
     try:
         import bitsandbytes as bnb
@@ -160,10 +160,27 @@ def disable_cpu_inference_repack(model: Any) -> int:
         return 0
     n = 0
     for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
+        if isinstance(module, bnb.nn.Linear4bit) and module.weight.device.type == "cpu":
             module.support_avx512bf16_for_cpu = False
             n += 1
     return n
+
+
+def load_kwargs(cfg: CourseConfig, hw: Hardware | None = None, device: str | None = None) -> dict[str, Any]:
+    """``AutoModelForCausalLM.from_pretrained``'s keyword arguments other than ``quantization_config`` (notebook 03,
+    section 2): the compute dtype for this hardware, the attention kernel, the pinned revision, and on a GPU the
+    whole model on GPU 0 (``device="cpu"`` keeps it in host memory)."""
+    hw = hw or detect_hardware()
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(compute_dtype_name(hw, cfg.model.torch_dtype)),
+        "attn_implementation": cfg.model.attn_implementation,
+        "trust_remote_code": False,
+        "use_safetensors": True,
+        "revision": cfg.model.revision,
+    }
+    if hw.device == "cuda" and device != "cpu":
+        kwargs["device_map"] = {"": 0}
+    return kwargs
 
 
 def load_causal_lm(
@@ -175,28 +192,18 @@ def load_causal_lm(
 ) -> "PreTrainedModel":
     """Load the preset's causal LM, 4-bit (``quantization.load_in_4bit``) or in 16/32-bit.
 
-    ``quantize`` overrides the config (notebook 04 merges into a freshly loaded 16-bit base); ``device="cpu"`` keeps
-    it in host memory on a GPU machine (a merge the memory plan does not fit on the GPU).
+    Notebook 03 (section 2) writes these calls out. ``quantize`` overrides the config (notebook 04 merges into a
+    freshly loaded 16-bit base); ``device="cpu"`` keeps it in host memory on a GPU machine (a merge the memory plan
+    does not fit on the GPU).
     """
     from transformers import AutoModelForCausalLM
 
     hw = hw or detect_hardware()
     quantize = cfg.quantization.load_in_4bit if quantize is None else quantize
-    dtype = torch_dtype(compute_dtype_name(hw, cfg.model.torch_dtype))
-    kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "attn_implementation": cfg.model.attn_implementation,
-        "trust_remote_code": False,
-        "use_safetensors": True,
-        "revision": cfg.model.revision,
-    }
-    if quantize:
-        kwargs["quantization_config"] = bnb_config(cfg, hw)
-    if hw.device == "cuda" and device != "cpu":
-        kwargs["device_map"] = {"": 0}
-    model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg), **kwargs)
-    if quantize and (hw.device == "cpu" or device == "cpu"):
-        disable_cpu_inference_repack(model)
+    model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg),
+                                                 quantization_config=bnb_config(cfg, hw) if quantize else None,
+                                                 **load_kwargs(cfg, hw, device))
+    disable_cpu_inference_repack(model)
     return model
 
 

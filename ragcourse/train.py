@@ -1,7 +1,9 @@
 """QLoRA training with TRL (notebook 03): model, pre-flight check, SFTConfig/SFTTrainer, checkpoints, adapter.
 
-The notebook shows the calls that matter (BitsAndBytesConfig, LoraConfig, SFTConfig, SFTTrainer); the CLI
-(`ragcourse train`) runs the same functions, also under `accelerate launch`.
+The notebook writes out the libraries' calls (from_pretrained, prepare_model_for_kbit_training, get_peft_model,
+SFTConfig, SFTTrainer, trainer.train) with their arguments from this module's small functions; the CLI
+(`ragcourse train`, also under `accelerate launch`) makes the same calls through ``load_model_for_training``,
+``make_trainer`` and ``run_training``, which are built from those same functions.
 """
 
 from __future__ import annotations
@@ -44,21 +46,34 @@ def ensure_pad_token(tokenizer: Any) -> str:
                      "({'pad_token': '<|pad|>'}) and model.resize_token_embeddings(len(tokenizer)).")
 
 
+def input_grads_for_checkpointing(cfg: CourseConfig, model: Any) -> bool:
+    """With ``training.gradient_checkpointing``, make the embeddings' output require grad (notebook 03, section 4).
+
+    The base is frozen, so nothing entering the first checkpointed block requires grad, and without this no gradient
+    reaches the adapters inside it. Returns whether it switched it on.
+    """
+    if cfg.training.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return cfg.training.gradient_checkpointing
+
+
 def prepare_for_training(cfg: CourseConfig, model: Any) -> Any:
-    """The loaded base made ready for (k-bit) training, with the LoRA adapter of ``lora.lora_config(cfg)`` attached."""
+    """The loaded base made ready for (k-bit) training, with the LoRA adapter of ``lora.lora_config(cfg)`` attached.
+
+    Notebook 03 (section 4) writes out these very calls.
+    """
     from peft import prepare_model_for_kbit_training
+    from transformers import set_seed
 
     from .lora import get_peft_model, lora_config
-    from .runtime import seed_everything
 
     if cfg.quantization.load_in_4bit:
-        # Casts norms to fp32 and freezes the base; the Trainer switches activation checkpointing on itself.
+        # Freezes the base and casts norms to fp32; the Trainer switches activation checkpointing on itself.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    if cfg.training.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    input_grads_for_checkpointing(cfg, model)
     # LoRA's A matrices are initialised at random: seed here, so the notebook and `ragcourse train` start from the
     # same adapter whatever ran before in the process.
-    seed_everything(cfg.training.seed)
+    set_seed(cfg.training.seed)
     return get_peft_model(model, lora_config(cfg))
 
 
@@ -90,10 +105,10 @@ def tracker(cfg: CourseConfig) -> str:
     return name
 
 
-def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None, **overrides: Any):
-    """``trl.SFTConfig`` from the course config: precision from the hardware, evaluation/early stopping, checkpoints."""
-    from trl import SFTConfig
-
+def sft_config_kwargs(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None,
+                      **overrides: Any) -> dict[str, Any]:
+    """``trl.SFTConfig``'s arguments from the course config (notebook 03, section 5): precision from the hardware,
+    evaluation and early stopping on validation loss, checkpoints; ``overrides`` replace single ones."""
     hw = hw or detect_hardware()
     t = cfg.training
     dtype = compute_dtype_name(hw, cfg.model.torch_dtype)
@@ -132,7 +147,14 @@ def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = 
         dataloader_num_workers=0,
     )
     kwargs.update(overrides)
-    return SFTConfig(**kwargs)
+    return kwargs
+
+
+def sft_config(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None, **overrides: Any):
+    """``SFTConfig(**sft_config_kwargs(...))``: what ``make_trainer`` and notebook 03 train with."""
+    from trl import SFTConfig
+
+    return SFTConfig(**sft_config_kwargs(cfg, output_dir, hw, **overrides))
 
 
 def sft_columns(dataset: "DatasetDict") -> "DatasetDict":
@@ -302,13 +324,9 @@ def stop_on_non_finite_loss() -> Any:
 
 
 def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
+    from .plots import can_draw_live  # Jupyter, Colab and VS Code kernels alike
 
-        shell = get_ipython()
-        return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
-    except ImportError:
-        return False
+    return can_draw_live()
 
 
 def score_loss_positions_only() -> bool:
@@ -337,33 +355,54 @@ def score_loss_positions_only() -> bool:
     return True
 
 
+def trainer_callbacks(cfg: CourseConfig) -> list[Any]:
+    """The course's ``TrainerCallback``s (notebook 03, section 5): early stopping on validation loss
+    (``training.early_stopping_patience`` evaluations without improvement) and a stop at the first NaN/inf loss."""
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience),
+            stop_on_non_finite_loss()]
+
+
+def keep_adapters_fp32(trainer: Any) -> int:
+    """Cast the trainable weights back to fp32 unless the run computes in bf16 (notebook 03, section 5).
+
+    TRL casts the adapters of a quantized model to bf16 (the QLoRA paper's bf16 setting). With fp32 compute (CPU) or
+    fp16 mixed precision (T4) the trainable weights must stay fp32: fp16 AMP refuses to unscale bf16 gradients, and
+    a CPU has no fast bf16 path anyway. Returns how many tensors were cast.
+    """
+    import torch
+
+    if trainer.args.bf16:
+        return 0
+    n = 0
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            n += 1
+    return n
+
+
 def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "DatasetDict", output_dir: str | Path,
                  callbacks: list[Any] | None = None, hw: Hardware | None = None, **overrides: Any):
-    """``trl.SFTTrainer`` on the prompt/completion columns, with early stopping on validation loss."""
-    import torch
-    from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
+    """``trl.SFTTrainer`` on the prompt/completion columns, with early stopping on validation loss.
+
+    Notebook 03 (section 5) writes out these very calls.
+    """
+    from trl import SFTConfig, SFTTrainer
 
     ensure_pad_token(tokenizer)
     score_loss_positions_only()
     data = sft_columns(dataset)
-    args = sft_config(cfg, output_dir, hw=hw, **overrides)
     trainer = SFTTrainer(
         model=model,
-        args=args,
+        args=SFTConfig(**sft_config_kwargs(cfg, output_dir, hw, **overrides)),
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience),
-                   stop_on_non_finite_loss(), *(callbacks or [])],
+        callbacks=[*trainer_callbacks(cfg), *(callbacks or [])],
     )
-    if not args.bf16:
-        # TRL casts the adapters of a quantized model to bf16 (the QLoRA paper's bf16 setting). With fp32 compute (CPU)
-        # or fp16 mixed precision (T4) the trainable weights must stay fp32: fp16 AMP refuses to unscale bf16
-        # gradients, and a CPU has no fast bf16 path anyway.
-        for param in trainer.model.parameters():
-            if param.requires_grad and param.dtype != torch.float32:
-                param.data = param.data.float()
+    keep_adapters_fp32(trainer)
     return trainer
 
 
@@ -374,12 +413,14 @@ class ResumeRefused(ValueError):
 FINGERPRINT = "fingerprint.json"
 
 
-def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
-    """``trainer.train()`` (section 6), resuming from the last *complete* checkpoint when ``resume`` (half-written
-    ones are set aside).
+def prepare_checkpoints(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Path | None:
+    """Get the checkpoint folder ready for ``trainer.train()`` (notebook 03, section 6); returns the checkpoint to
+    resume from, or None.
 
-    The checkpoint folder records the adapter's inputs (``artifacts.fingerprint(cfg, "adapter")``): a resume from
-    checkpoints made from another dataset or other settings is refused with the reason.
+    A fresh run removes an earlier run's checkpoints and records the adapter's inputs
+    (``artifacts.fingerprint(cfg, "adapter")``). With ``resume``, half-written checkpoints are set aside and the last
+    *complete* one is returned, unless it was made from another dataset or other settings: that is refused with the
+    reason.
     """
     from .artifacts import difference
     from .artifacts import fingerprint as inputs_of
@@ -411,6 +452,13 @@ def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
                 shutil.rmtree(path, ignore_errors=True)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=2))
+    return checkpoint
+
+
+def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
+    """``prepare_checkpoints`` then ``trainer.train()``, from the last complete checkpoint when ``resume``
+    (``ragcourse train [--resume]``; notebook 03, section 6, writes the two calls out)."""
+    checkpoint = prepare_checkpoints(trainer, cfg, resume)
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,114 @@ def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_
     assert adapted and {name.rsplit(".", 1)[-1] for name in attached.target_modules} == adapted
     if targets == "attention":
         assert set(shown.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+NOTEBOOK_03 = Path(__file__).resolve().parents[1] / "notebooks" / "03_qlora_training.ipynb"
+# The library calls notebook 03 writes out, in the order a learner reads them (a script can copy them as they stand).
+NOTEBOOK_03_CALLS = ("models.bnb_config(cfg, hw)", "models.load_kwargs(cfg, hw)",
+                     "AutoModelForCausalLM.from_pretrained(", "quantization_config=bnb", "lora.lora_config(cfg)",
+                     "prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
+                     "set_seed(cfg.training.seed)", "get_peft_model(model, lora_config)", "SFTConfig(**sft_kwargs)",
+                     "SFTTrainer(model=model, args=args,", "processing_class=tokenizer", "trainer.train()")
+
+
+def _notebook_03_code() -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(NOTEBOOK_03.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_notebook_03_writes_out_the_library_calls_the_cli_makes():
+    """Notebook 03 shows each call (no package function hiding one), and the CLI's functions are built from the very
+    helpers the notebook calls, so the two paths share every argument."""
+    import inspect
+
+    from ragcourse import models, train
+
+    code = "\n".join(_notebook_03_code())
+    positions = [code.find(call) for call in NOTEBOOK_03_CALLS]
+    assert all(p >= 0 for p in positions), [c for c, p in zip(NOTEBOOK_03_CALLS, positions) if p < 0]
+    assert positions == sorted(positions), "the calls appear in the order they run"
+    for hidden in ("load_causal_lm(", "prepare_for_training(", "load_model_for_training(", "make_trainer(",
+                   "run_training("):
+        assert hidden not in code, hidden
+    uses = {models.load_causal_lm: ("load_kwargs(cfg, hw, device)", "disable_cpu_inference_repack(model)"),
+            train.prepare_for_training: ("prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
+                                         "input_grads_for_checkpointing(cfg, model)", "set_seed(cfg.training.seed)",
+                                         "get_peft_model(model, lora_config(cfg))"),
+            train.make_trainer: ("ensure_pad_token(tokenizer)", "score_loss_positions_only()", "sft_columns(dataset)",
+                                 "SFTConfig(**sft_config_kwargs(", "trainer_callbacks(cfg)",
+                                 "keep_adapters_fp32(trainer)"),
+            train.run_training: ("prepare_checkpoints(trainer, cfg, resume)", "trainer.train(")}
+    for function, calls in uses.items():
+        source = inspect.getsource(function)
+        assert all(call in source for call in calls), (function.__name__, [c for c in calls if c not in source])
+    for helper in ("models.disable_cpu_inference_repack(model)", "train.input_grads_for_checkpointing(cfg, model)",
+                   "train.sft_columns(dataset)", "train.score_loss_positions_only()", "train.trainer_callbacks(cfg)",
+                   "train.keep_adapters_fp32(trainer)", "train.prepare_checkpoints(trainer, cfg)",
+                   "train.ensure_pad_token(tokenizer)"):
+        assert helper in code, helper
+
+
+def _notebook_03_cells(first: str, last: str) -> str:
+    """Notebook 03's code cells from the one containing ``first`` to the one containing ``last``, as they stand."""
+    cells = _notebook_03_code()
+    start = next(i for i, c in enumerate(cells) if first in c)
+    end = next(i for i, c in enumerate(cells) if last in c)
+    return "\n".join(cells[start:end + 1])
+
+
+@pytest.fixture(scope="module")
+def quick_dataset(tmp_path_factory):
+    """The quick cpu-smoke dataset (tests/quick.py), built once for this module."""
+    from quick import quick_config
+
+    from ragcourse import pipeline
+
+    return pipeline.load(quick_config(tmp_path_factory.mktemp("nb03") / "outputs"), "dataset")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cpu-smoke", "colab-t4"])
+def test_notebook_03_calls_build_the_model_and_trainer_the_cli_builds(preset, quick_dataset, tmp_path, monkeypatch):
+    """Notebook 03's cells from BitsAndBytesConfig to SFTTrainer, executed as they stand (the "before" answers
+    stubbed), build what `ragcourse train` (``train.train``) trains: the same LoraConfig, the same SFTConfig values,
+    the same trainable parameters with the same initial adapter weights, the same callbacks and tokenized data.
+    colab-t4 (rehearsed on this CPU) adds gradient checkpointing."""
+    import torch
+
+    from ragcourse import models, pipeline, rehearsal, train
+    from ragcourse.hardware import set_torch_threads
+
+    set_torch_threads(1)
+    root = tmp_path / "outputs"
+    cfg = load_config(preset, paths={"output_root": str(root)}) if preset == "cpu-smoke" else \
+        rehearsal.rehearsal_config(preset, root)
+    monkeypatch.setattr(pipeline, "load", lambda cfg, step: quick_dataset)
+    monkeypatch.setattr(models, "generate", lambda model, tokenizer, prompts, **kw: [""] * len(prompts))
+    namespace = {"cfg": cfg}
+    exec(_notebook_03_cells("models.bnb_config(cfg, hw)", "SFTTrainer("), namespace)  # noqa: S102
+    shown = namespace["trainer"]
+
+    built = []  # `ragcourse train` up to trainer.train(): stop there
+    monkeypatch.setattr(train, "run_training", lambda trainer, cfg, resume=False: built.append(trainer))
+    monkeypatch.setattr(train, "save_adapter", lambda *a, **kw: None)
+    train.train(cfg, quick_dataset)
+    (cli,) = built
+
+    assert shown.model.peft_config["default"].to_dict() == cli.model.peft_config["default"].to_dict()
+    assert shown.args.to_dict() == cli.args.to_dict()
+    assert [type(c).__name__ for c in shown.callback_handler.callbacks] == \
+        [type(c).__name__ for c in cli.callback_handler.callbacks]
+    ours, theirs = dict(shown.model.named_parameters()), dict(cli.model.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert {n: (p.dtype, p.requires_grad) for n, p in ours.items()} == \
+        {n: (p.dtype, p.requires_grad) for n, p in theirs.items()}
+    trainable = [n for n, p in ours.items() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for name in trainable:  # the same seed before get_peft_model: the same random A matrices
+        assert torch.equal(ours[name], theirs[name]), name
+    base = shown.model.get_base_model()
+    assert hasattr(base, "_require_grads_hook") == cfg.training.gradient_checkpointing
+    assert hasattr(cli.model.get_base_model(), "_require_grads_hook") == cfg.training.gradient_checkpointing
+    for split in ("train_dataset", "eval_dataset"):
+        assert getattr(shown, split)["input_ids"] == getattr(cli, split)["input_ids"], split
+    assert shown.processing_class.pad_token == cli.processing_class.pad_token != cli.processing_class.eos_token
