@@ -323,16 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a user can fix from the message alone: printed as one line, not a traceback."""
-    from .config import ConfigError
-    from .errors import DataError, HardwareError
-    from .models import ModelNotAvailable
-    from .retrieval import VectorStoreUnavailable
-    from .serve import ServerError
-    from .train import ResumeRefused
+    """The errors a user can fix from the message alone: printed as one line, not a traceback (``errors.CourseError``
+    and its kinds: config, data, hardware, model, vector store, server, resume; a missing or unreadable file)."""
+    from .errors import CourseError
 
-    return (ConfigError, DataError, HardwareError, ModelNotAvailable, VectorStoreUnavailable, ServerError,
-            ResumeRefused, FileNotFoundError, PermissionError)
+    return (CourseError, FileNotFoundError, PermissionError)
 
 
 def one_line(exc: BaseException) -> str:

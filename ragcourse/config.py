@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import CourseError
+
 DEFAULT_PRESET = "cpu-smoke"
 PRESET_ENV = "RAGCOURSE_PRESET"
 ROOT_ENV = "RAGCOURSE_ROOT"
@@ -34,7 +36,7 @@ SYNONYMS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(CourseError, ValueError):
     """A configuration file or override is wrong; the message says where and how to fix it."""
 
 

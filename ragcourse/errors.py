@@ -7,9 +7,13 @@ Each message is one line that names the input (file and line where there is one)
 from __future__ import annotations
 
 
-class DataError(ValueError):
+class CourseError(Exception):
+    """Base of every error a user can fix from its one-line message: the CLI catches this type alone."""
+
+
+class DataError(CourseError, ValueError):
     """Input data is unusable; the message names the file (and line) and the fix."""
 
 
-class HardwareError(RuntimeError):
+class HardwareError(CourseError, RuntimeError):
     """The chosen preset needs hardware this runtime cannot use (a CUDA GPU); the message says why and the fix."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CourseConfig, resolve_path
+from .errors import CourseError
 from .hardware import Hardware, compute_dtype_name, detect_hardware, torch_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +34,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "RAGCOURSE_CACHE_DIR"
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(CourseError, RuntimeError):
     """A model reference cannot be resolved; the message says what to install or set."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import CourseConfig
+from .errors import CourseError
 from .models import resolve_model
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,7 +82,7 @@ DEFAULT_URLS = {"qdrant": "http://localhost:6333", "postgres": "postgresql://pos
 SERVER_SCHEMES = ("http://", "https://", "postgresql://", "postgres://")
 
 
-class VectorStoreUnavailable(RuntimeError):
+class VectorStoreUnavailable(CourseError, RuntimeError):
     """The configured vector store cannot be used; the message says what to install or start."""
 
 

@@ -31,13 +31,14 @@ from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
 from .config import CourseConfig
+from .errors import CourseError
 
 SERVE_HELP = "transformers serve needs its serving extra: pip install 'ragcourse[serve]' (FastAPI, uvicorn, openai)."
 LLAMAINDEX_HELP = "LlamaIndex's OpenAI-compatible LLM is missing: pip install 'ragcourse[serve]' (llama-index-llms-openai-like)."
 API_KEY = "ragcourse-local"  # the servers here check no key, but the OpenAI client insists on one
 
 
-class ServerError(RuntimeError):
+class ServerError(CourseError, RuntimeError):
     """The model server did not start or answer; the message says why and where its log is."""
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import CourseConfig
 from .env import checkpointing_args
+from .errors import CourseError
 from .hardware import Hardware, compute_dtype_name, detect_hardware
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -406,7 +407,7 @@ def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "Datase
     return trainer
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(CourseError, ValueError):
     """``--resume`` found checkpoints made from other inputs than this run's."""
 
 

@@ -372,3 +372,21 @@ def test_a_numeric_id_and_a_null_key_fact_are_accepted():
     line = json.loads(qa_line(7, 1, fact(1), id=7, key_fact=None))
     item = data.check_qa_item(line, "qa.jsonl:1")
     assert item["id"] == "7" and item["key_fact"] == ""
+
+
+def test_every_one_line_error_kind_is_a_course_error():
+    """``cli.main`` catches one type: each error kind a user fixes from its message derives from ``CourseError``, and
+    keeps the built-in base callers already catch (ValueError, RuntimeError)."""
+    from ragcourse.cli import _user_errors
+    from ragcourse.config import ConfigError
+    from ragcourse.errors import CourseError, DataError, HardwareError
+    from ragcourse.models import ModelNotAvailable
+    from ragcourse.retrieval import VectorStoreUnavailable
+    from ragcourse.serve import ServerError
+    from ragcourse.train import ResumeRefused
+
+    kinds = {ConfigError: ValueError, DataError: ValueError, ResumeRefused: ValueError, HardwareError: RuntimeError,
+             ModelNotAvailable: RuntimeError, VectorStoreUnavailable: RuntimeError, ServerError: RuntimeError}
+    for kind, builtin in kinds.items():
+        assert issubclass(kind, CourseError) and issubclass(kind, builtin), kind
+    assert _user_errors() == (CourseError, FileNotFoundError, PermissionError)
