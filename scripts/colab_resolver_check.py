@@ -255,15 +255,14 @@ def registry_metadata(pins: dict[str, str], workdir: Path) -> dict[str, Metadata
 
 def reached(report: dict, roots: list[str]) -> set[str]:
     """The distributions the roots' dependency graph reaches in a pip report (markers evaluated for Colab)."""
-    requires = {canonicalize_name(i["metadata"]["name"]): i["metadata"].get("requires_dist", []) for i in report["install"]}
+    requires = {canonicalize_name(i["metadata"]["name"]): i["metadata"].get("requires_dist", [])
+                for i in report["install"]}
     seen: set[str] = set()
     todo = [Requirement(r) for r in roots]
     while todo:
         req = todo.pop()
         name = canonicalize_name(req.name)
-        if req.marker is not None and not any(req.marker.evaluate(colab_markers(extra)) for extra in [""]):
-            continue
-        if name in seen:
+        if name in seen or (req.marker is not None and not req.marker.evaluate(colab_markers())):
             continue
         seen.add(name)
         for text in requires.get(name, []):

@@ -63,13 +63,16 @@ def _pip(python: Path, *args: str) -> None:
 
 def _freeze(python: Path) -> dict[str, str]:
     """{canonical name: version} of the twin's installed distributions."""
-    code = "import importlib.metadata as m, json; print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, cwd=python.parent).stdout
+    code = ("import importlib.metadata as m, json; "
+            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
+                         cwd=python.parent).stdout
     return {resolver.canonicalize_name(n): v for n, v in json.loads(out).items()}
 
 
 def _names(path: Path) -> set[str]:
-    return {resolver.canonicalize_name(resolver.Requirement(line).name) for line in resolver.read_requirement_lines(path)}
+    return {resolver.canonicalize_name(resolver.Requirement(line).name)
+            for line in resolver.read_requirement_lines(path)}
 
 
 def snapshot_date() -> str:
@@ -195,7 +198,8 @@ def run_tests(python: Path, runs: list[list[str]], env: dict[str, str], label: s
 def test(twin: Path = TWIN, record_run: bool = False) -> int:
     """The fast unit tests, then every notebook on cpu-smoke, in the twin (outputs under the twin's /content)."""
     python = twin / "bin" / "python"
-    env = {**os.environ, "RAGCOURSE_CONFIG": str(_content(twin) / "ragcourse-colab.yaml"), "RAGCOURSE_PRESET": "cpu-smoke"}
+    env = {**os.environ, "RAGCOURSE_CONFIG": str(_content(twin) / "ragcourse-colab.yaml"),
+           "RAGCOURSE_PRESET": "cpu-smoke"}
     status, count, seconds = run_tests(python, [["tests", "-m", "not slow"], ["notebooks"]], env, "Colab twin")
     if record_run and status == 0:
         record_with(python, "colab-twin", "fast unit tests + 7 notebooks", count, seconds)

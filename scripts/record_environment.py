@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Record an environment that ran the course's tests: README's "Tested with" table is generated from these records.
 
-Run with the environment's own Python after its tests passed (``make colab-twin`` and ``scripts/floors_env.py`` do
-it; for the CPU pins, ``make test-record``)::
+Run with the environment's own Python after its tests passed (``scripts/colab_twin.py test --record`` and
+``scripts/floors_env.py test --record`` do it; for the CPU pins, after ``make test``, with its summary line)::
 
-    .venv-colab-twin/bin/python scripts/record_environment.py colab-twin --ran "unit tests (not slow) + 7 notebooks" \\
-        --passed 281 --seconds 2100
+    .venv/bin/python scripts/record_environment.py cpu --ran "make test: unit tests + 7 notebooks" \\
+        --passed 495 --seconds 2604
 
 It writes ``benchmarks/results/tested_with.json`` (one entry per environment, replaced on each record): the Python,
 the versions of the course's main libraries read from the installed metadata, what ran and when. ``ragcourse prose``
@@ -37,7 +37,8 @@ def passed_in(junit: Path) -> int:
     if not junit.is_file():
         return 0
     suites = ET.parse(junit).getroot().iter("testsuite")
-    return sum(int(s.get("tests", 0)) - sum(int(s.get(k, 0)) for k in ("failures", "errors", "skipped")) for s in suites)
+    not_passed = ("failures", "errors", "skipped")
+    return sum(int(s.get("tests", 0)) - sum(int(s.get(k, 0)) for k in not_passed) for s in suites)
 
 
 def record_with(python: Path, name: str, ran: str, passed: int, seconds: float) -> None:

@@ -215,9 +215,11 @@ def test_the_colab_twin_keeps_colabs_versions_where_the_setup_cell_must_not_move
     for name in ("torch", "transformers", "peft", "accelerate", "numpy", "pandas", "sentence-transformers",
                  "tokenizers", "huggingface-hub"):
         assert name in kept, f"{name} is not preloaded in the twin"
-    drift = {n: f"snapshot {snapshot[n]}, installed {installed.get(n)}" for n in kept if installed.get(n) != snapshot[n]}
+    drift = {n: f"snapshot {snapshot[n]}, installed {installed.get(n)}"
+             for n in kept if installed.get(n) != snapshot[n]}
     assert not drift, f"the Colab twin drifted from Colab's versions: {drift}"
-    assert set(twin["moved_by_setup_cell"]) <= moves, "the setup cell moved a package requirements-colab.txt does not name"
+    assert set(twin["moved_by_setup_cell"]) <= moves, \
+        "the setup cell moved a package requirements-colab.txt does not name"
 
 
 def test_imported_versions_name_the_distributions_this_process_has_imported():

@@ -76,7 +76,8 @@ def test_checkpointing_args_follow_the_installed_training_arguments(tmp_path):
         activation_checkpointing: bool | None = None
         activation_checkpointing_kwargs: dict | None = None
 
-    assert checkpointing_args(False, Colab515) == {"gradient_checkpointing": False, "gradient_checkpointing_kwargs": None}
+    assert checkpointing_args(False, Colab515) == {"gradient_checkpointing": False,
+                                                   "gradient_checkpointing_kwargs": None}
     assert checkpointing_args(True, Pinned524) == {"activation_checkpointing": True,
                                         "activation_checkpointing_kwargs": {"use_reentrant": False}}
 
