@@ -27,14 +27,21 @@ def load(preset: str, suffix: str, when: str) -> dict[str, Any] | None:
 def table(preset: str, before_label: str, after_label: str) -> str:
     runs = {(isa, when): load(preset, suffix, when) for isa, when, suffix in COLUMNS}
     names = sorted({r["notebook"] for run in runs.values() if run for r in run["notebooks"]})
-    head = [f"Course run on `{preset}` per notebook, wall seconds, each run alone on the machine "
-            f"(`benchmarks/course_run.py`; AVX2: torch, oneMKL, oneDNN and bitsandbytes held to AVX2).",
-            "", f"Before: {before_label}. After: {after_label}.", ""]
+    head = [
+        f"Course run on `{preset}` per notebook, wall seconds, each run alone on the machine "
+        f"(`benchmarks/course_run.py`; AVX2: torch, oneMKL, oneDNN and bitsandbytes held to AVX2).",
+        "",
+        f"Before: {before_label}. After: {after_label}.",
+        "",
+    ]
     for (isa, when), run in runs.items():
         if run:
             head.append(f"- {isa}, {when}: {run['created_at']}, {run['machine']}")
-    lines = head + ["", "| notebook | " + " | ".join(f"{isa} {when}" for isa, when, _ in COLUMNS) + " |",
-                    "|---|" + "---:|" * len(COLUMNS)]
+    lines = head + [
+        "",
+        "| notebook | " + " | ".join(f"{isa} {when}" for isa, when, _ in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
 
     def cell(run: dict[str, Any] | None, name: str | None) -> str:
         if not run:
@@ -49,7 +56,9 @@ def table(preset: str, before_label: str, after_label: str) -> str:
 
     for name in names:
         lines.append(f"| {name} | " + " | ".join(cell(runs[(isa, when)], name) for isa, when, _ in COLUMNS) + " |")
-    lines.append("| **all notebooks** | " + " | ".join(cell(runs[(isa, when)], None) for isa, when, _ in COLUMNS) + " |")
+    lines.append(
+        "| **all notebooks** | " + " | ".join(cell(runs[(isa, when)], None) for isa, when, _ in COLUMNS) + " |"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -122,9 +122,16 @@ def cell_times(nb: Any) -> list[dict[str, Any]]:
             continue
         seconds = (_ts(meta["shell.execute_reply"]) - _ts(meta["iopub.execute_input"])).total_seconds()
         source = cell.get("source", "")
-        first = next((l for l in source.splitlines() if l.strip() and not l.lstrip().startswith("#")), "")
-        out.append({"index": index, "seconds": round(seconds, 2), "start": meta["iopub.execute_input"],
-                    "end": meta["shell.execute_reply"], "first_line": first.strip()[:80]})
+        first = next((line for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+        out.append(
+            {
+                "index": index,
+                "seconds": round(seconds, 2),
+                "start": meta["iopub.execute_input"],
+                "end": meta["shell.execute_reply"],
+                "first_line": first.strip()[:80],
+            }
+        )
     return out
 
 
@@ -133,9 +140,12 @@ def summarize_cells(times: list[dict[str, Any]], top: int = 3) -> dict[str, Any]
         return {"cells_executed": 0, "cells_seconds": 0.0, "span_seconds": None, "slowest_cells": []}
     span = (_ts(times[-1]["end"]) - _ts(times[0]["start"])).total_seconds()
     slowest = sorted(times, key=lambda t: -t["seconds"])[:top]
-    return {"cells_executed": len(times), "cells_seconds": round(sum(t["seconds"] for t in times), 1),
-            "span_seconds": round(span, 1),
-            "slowest_cells": [{k: t[k] for k in ("index", "seconds", "first_line")} for t in slowest]}
+    return {
+        "cells_executed": len(times),
+        "cells_seconds": round(sum(t["seconds"] for t in times), 1),
+        "span_seconds": round(span, 1),
+        "slowest_cells": [{k: t[k] for k in ("index", "seconds", "first_line")} for t in slowest],
+    }
 
 
 def _errors(nb: Any) -> str | None:
@@ -156,7 +166,9 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> dict[str, Any]:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     error = None
     start = time.perf_counter()
     with TreeSampler() as sampler:
@@ -169,12 +181,17 @@ def run_notebook(path: Path, out_dir: Path, timeout: int) -> dict[str, Any]:
     nbformat.write(nb, out_dir / path.name)
     kernel = max(sampler.peak_process.values(), key=lambda p: p["peak_rss_bytes"], default=None)
     return {
-        "notebook": path.name, "ok": error is None, "error": error, "wall_seconds": round(seconds, 1),
+        "notebook": path.name,
+        "ok": error is None,
+        "error": error,
+        "wall_seconds": round(seconds, 1),
         **summarize_cells(cell_times(nb)),
         "peak_rss_kernel_gib": round(kernel["peak_rss_bytes"] / GIB, 3) if kernel else None,
         "peak_rss_kernel_exact": bool(kernel and kernel["hwm"]),
-        "peak_rss_tree_gib": round(sampler.peak_tree / GIB, 3), "processes_seen": len(sampler.peak_process),
-        "memory_samples": sampler.samples, "executed_copy": str(out_dir / path.name),
+        "peak_rss_tree_gib": round(sampler.peak_tree / GIB, 3),
+        "processes_seen": len(sampler.peak_process),
+        "memory_samples": sampler.samples,
+        "executed_copy": str(out_dir / path.name),
     }
 
 
@@ -187,30 +204,52 @@ def read_executed(path: Path) -> dict[str, Any]:
     summary = summarize_cells(times)
     error = _errors(nb)
     # A copy saved after a failure holds the cells up to the failing one; `ragcourse notebooks` then stops.
-    return {"notebook": path.name, "ok": error is None and summary["cells_executed"] > 0, "error": error,
-            "wall_seconds": summary["span_seconds"], **summary, "peak_rss_kernel_gib": None, "peak_rss_tree_gib": None,
-            "executed_at": times[0]["start"] if times else None, "executed_copy": str(path)}
+    return {
+        "notebook": path.name,
+        "ok": error is None and summary["cells_executed"] > 0,
+        "error": error,
+        "wall_seconds": summary["span_seconds"],
+        **summary,
+        "peak_rss_kernel_gib": None,
+        "peak_rss_tree_gib": None,
+        "executed_at": times[0]["start"] if times else None,
+        "executed_copy": str(path),
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     rows = result["notebooks"]
     measured = result["mode"] == "measured"
     isa = "" if result.get("isa", "native") == "native" else f"; instruction sets held to {result['isa'].upper()}"
-    lines = [f"Course run on `{result['preset']}` ({result['mode']}; {result['machine']}{isa}; {result['created_at']}).",
-             "",
-             "| notebook | ok | wall s | cells s | peak RSS kernel GiB | peak RSS tree GiB | slowest cell (s) |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Course run on `{result['preset']}` ({result['mode']}; {result['machine']}{isa}; {result['created_at']}).",
+        "",
+        "| notebook | ok | wall s | cells s | peak RSS kernel GiB | peak RSS tree GiB | slowest cell (s) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+
+    def fmt(v: Any, f: str) -> str:
+        return "n/a" if v is None else format(v, f)
+
     for r in rows:
         slow = r["slowest_cells"][0] if r["slowest_cells"] else None
         slow_txt = f"#{slow['index']} `{slow['first_line'][:50]}` ({slow['seconds']:.0f})" if slow else ""
-        fmt = lambda v, f: "n/a" if v is None else format(v, f)
-        lines.append(f"| {r['notebook']} | {'yes' if r['ok'] else 'NO: ' + str(r['error'])[:60]} | "
-                     f"{fmt(r['wall_seconds'], '.0f')} | {fmt(r['cells_seconds'], '.0f')} | "
-                     f"{fmt(r['peak_rss_kernel_gib'], '.2f')} | {fmt(r['peak_rss_tree_gib'], '.2f')} | {slow_txt} |")
+        lines.append(
+            f"| {r['notebook']} | {'yes' if r['ok'] else 'NO: ' + str(r['error'])[:60]} | "
+            f"{fmt(r['wall_seconds'], '.0f')} | {fmt(r['cells_seconds'], '.0f')} | "
+            f"{fmt(r['peak_rss_kernel_gib'], '.2f')} | {fmt(r['peak_rss_tree_gib'], '.2f')} | {slow_txt} |"
+        )
     total = sum(r["wall_seconds"] or 0 for r in rows)
     peak = max((r["peak_rss_tree_gib"] or 0 for r in rows), default=0)
-    lines += ["", f"Total: {total / 60:.1f} min" + (f", highest peak {peak:.2f} GiB" if measured else
-                                                     "; peak memory is not recorded in executed copies (run without --from-executed)")]
+    lines += [
+        "",
+        f"Total: {total / 60:.1f} min"
+        + (
+            f", highest peak {peak:.2f} GiB"
+            if measured
+            else "; peak memory is not recorded in executed copies (run without --from-executed)"
+        ),
+    ]
     if result.get("expected"):
         e = result["expected"]
         lines.append(f"The preset promises about {e['total_minutes']:g} min and {e['peak_memory_gb']:g} GB peak.")
@@ -227,16 +266,29 @@ def cpu_model() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=os.environ.get("RAGCOURSE_PRESET", "cpu-smoke"))
-    parser.add_argument("--from-executed", action="store_true",
-                        help="read outputs/<preset>/notebooks/*.ipynb instead of running (times only)")
+    parser.add_argument(
+        "--from-executed",
+        action="store_true",
+        help="read outputs/<preset>/notebooks/*.ipynb instead of running (times only)",
+    )
     parser.add_argument("--only", nargs="*", help="notebook names (00_setup or 00_setup.ipynb); default: all")
-    parser.add_argument("--output-root", help="artifact root the notebooks use (via a user config; default: the preset's)")
-    parser.add_argument("--executed-dir", help="where executed copies go / are read (default: outputs/<preset>/notebooks)")
+    parser.add_argument(
+        "--output-root", help="artifact root the notebooks use (via a user config; default: the preset's)"
+    )
+    parser.add_argument(
+        "--executed-dir", help="where executed copies go / are read (default: outputs/<preset>/notebooks)"
+    )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800)")
-    parser.add_argument("--results", help="JSON path (default: benchmarks/results/course_run_<preset>[_from_executed].json)")
+    parser.add_argument(
+        "--results", help="JSON path (default: benchmarks/results/course_run_<preset>[_from_executed].json)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="run the next notebooks after a failure")
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native",
-                        help="avx2: run the kernels as on a CPU without AVX-512 (see cpu_common.py)")
+    parser.add_argument(
+        "--isa",
+        choices=("native", "avx2"),
+        default="native",
+        help="avx2: run the kernels as on a CPU without AVX-512 (see cpu_common.py)",
+    )
     args = parser.parse_args()
 
     from ragcourse import runtime
@@ -271,18 +323,26 @@ def main() -> int:
                 continue
             row = run_notebook(path, executed_dir, args.timeout)
             rows.append(row)
-            print(f"{row['notebook']:28s} {row['wall_seconds']:7.1f} s  kernel peak {row['peak_rss_kernel_gib']} GiB  "
-                  f"tree peak {row['peak_rss_tree_gib']} GiB  {'ok' if row['ok'] else 'FAILED: ' + str(row['error'])}",
-                  flush=True)
+            print(
+                f"{row['notebook']:28s} {row['wall_seconds']:7.1f} s  kernel peak {row['peak_rss_kernel_gib']} GiB  "
+                f"tree peak {row['peak_rss_tree_gib']} GiB  {'ok' if row['ok'] else 'FAILED: ' + str(row['error'])}",
+                flush=True,
+            )
             if not row["ok"] and not args.keep_going:
                 break
     result = {
-        "preset": args.preset, "mode": "from executed copies" if args.from_executed else "measured",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}", "sample_seconds": SAMPLE_SECONDS,
+        "preset": args.preset,
+        "mode": "from executed copies" if args.from_executed else "measured",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}",
+        "sample_seconds": SAMPLE_SECONDS,
         "expected": {"total_minutes": cfg.expected.total_minutes, "peak_memory_gb": cfg.expected.peak_memory_gb},
-        "output_root": args.output_root, "executed_dir": str(executed_dir), "isa": args.isa, "notebooks": rows,
+        "output_root": args.output_root,
+        "executed_dir": str(executed_dir),
+        "isa": args.isa,
+        "notebooks": rows,
         "total_wall_seconds": round(sum(r["wall_seconds"] or 0 for r in rows), 1),
-        "versions": runtime.versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": runtime.versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     suffix = ("_from_executed" if args.from_executed else "") + ("" if args.isa == "native" else f"_{args.isa}")
     out = Path(args.results) if args.results else HERE / "results" / f"course_run_{args.preset}{suffix}.json"

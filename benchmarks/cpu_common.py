@@ -35,14 +35,25 @@ from typing import Any, Callable, Sequence
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's ragcourse, also where another one is installed (a worktree)
 from avx2_site.sitecustomize import BNB_DEQUANT, BNB_SCALAR_ENV  # noqa: E402
+
 RESULTS = HERE / "results"
 # The dataset and trainer folders (shared with training_throughput.py), not outputs/.
 BENCH_ROOT = os.environ.get("RAGCOURSE_BENCH_ROOT", "/tmp/bench_out")
 
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 MODES: dict[str, dict[str, str]] = {"native": {}, "avx2": {**AVX2_ENV, BNB_SCALAR_ENV: "1"}}
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-             "avx_vnni")
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "avx_vnni",
+)
 
 
 # -- the forced-AVX2 mode -----------------------------------------------------------------------------------------
@@ -81,8 +92,12 @@ def run_worker(script: Path, args: Sequence[str], env: dict[str, str], timeout: 
         out = Path(tmp) / "result.json"
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, str(script), "--worker-out", str(out), *args], env=env,
-                                  timeout=timeout, cwd=HERE.parent)
+            proc = subprocess.run(
+                [sys.executable, str(script), "--worker-out", str(out), *args],
+                env=env,
+                timeout=timeout,
+                cwd=HERE.parent,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s"}
         if proc.returncode != 0 or not out.is_file():
@@ -96,8 +111,9 @@ def write_worker_result(path: str, result: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
-def write_results(result: dict[str, Any], json_path: Path, markdown: Callable[[dict[str, Any]], str],
-                  final: bool = False) -> None:
+def write_results(
+    result: dict[str, Any], json_path: Path, markdown: Callable[[dict[str, Any]], str], final: bool = False
+) -> None:
     """The JSON, and the markdown made from it (after every run, so an interrupted benchmark keeps what it had)."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -108,8 +124,9 @@ def write_results(result: dict[str, Any], json_path: Path, markdown: Callable[[d
         print(f"{result.get('total_s', 0):.0f} s; written to {json_path} and {json_path.with_suffix('.md')}")
 
 
-def parse_or_serve(parser: Any, worker: Callable[[Any], dict[str, Any]], json_path: Path,
-                   markdown: Callable[[dict[str, Any]], str]) -> Any:
+def parse_or_serve(
+    parser: Any, worker: Callable[[Any], dict[str, Any]], json_path: Path, markdown: Callable[[dict[str, Any]], str]
+) -> Any:
     """Parse a mode-comparing benchmark's arguments, adding ``--markdown-only`` (rewrite the .md from the .json) and
     the hidden ``--worker-out`` (run one mode's worker in this process). Returns the arguments, or None when one of
     those two has already done the work."""
@@ -136,8 +153,15 @@ def bench_config() -> Any:
     return cfg
 
 
-def run_modes(script: Path, result: dict[str, Any], modes: Sequence[str], json_path: Path,
-              markdown: Callable[[dict[str, Any]], str], started: float, probe: bool = False) -> None:
+def run_modes(
+    script: Path,
+    result: dict[str, Any],
+    modes: Sequence[str],
+    json_path: Path,
+    markdown: Callable[[dict[str, Any]], str],
+    started: float,
+    probe: bool = False,
+) -> None:
     """Run ``script``'s worker once per mode, each in a fresh process with that mode's environment and the same
     arguments, alone on the machine (its busy share recorded first); write the results after each mode."""
     forwarded = [a for a in sys.argv[1:] if a != "--markdown-only"]
@@ -177,11 +201,15 @@ def library_record() -> dict[str, Any]:
     import torch
 
     record: dict[str, Any] = {
-        "torch": torch.__version__, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(), "mkl": torch.backends.mkl.is_available(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "mkl": torch.backends.mkl.is_available(),
         "mkldnn": torch.backends.mkldnn.is_available(),
-        "env": {k: os.environ.get(k)
-                for k in (*AVX2_ENV, BNB_SCALAR_ENV, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")},
+        "env": {
+            k: os.environ.get(k)
+            for k in (*AVX2_ENV, BNB_SCALAR_ENV, "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+        },
     }
     try:
         import bitsandbytes
@@ -220,11 +248,14 @@ def isa_probe(mode: str) -> dict[str, str]:
 
 
 def short_isa(text: str) -> str:
-    """"AVX-512 + AMX", "AVX2", ... from oneMKL's or oneDNN's long description of the code path it runs."""
+    """ "AVX-512 + AMX", "AVX2", ... from oneMKL's or oneDNN's long description of the code path it runs."""
     if text.startswith("not "):
         return text
-    found = [name for name, marks in (("AVX2", ("AVX2",)), ("AVX-512", ("AVX-512", "AVX512", "AVX10")),
-                                      ("AMX", ("AMX",))) if any(m in text for m in marks)]
+    found = [
+        name
+        for name, marks in (("AVX2", ("AVX2",)), ("AVX-512", ("AVX-512", "AVX512", "AVX10")), ("AMX", ("AMX",)))
+        if any(m in text for m in marks)
+    ]
     if "AVX-512" in found and "AVX2" in found:
         found.remove("AVX2")
     return " + ".join(found) or text
@@ -246,12 +277,15 @@ def test_prompts(cfg: Any, tokenizer: Any, count: int) -> list[str]:
     from ragcourse import pipeline
 
     test = pipeline.load(cfg, "dataset", quiet=True)["test"]
-    return [tokenizer.apply_chat_template(test[i]["prompt"], tokenize=False, add_generation_prompt=True)
-            for i in range(min(count, test.num_rows))]
+    return [
+        tokenizer.apply_chat_template(test[i]["prompt"], tokenize=False, add_generation_prompt=True)
+        for i in range(min(count, test.num_rows))
+    ]
 
 
-def fixed_generation(model: Any, tokenizer: Any, prompts: Sequence[str], new_tokens: int, batch_size: int,
-                     max_time: float | None = None) -> dict[str, Any]:
+def fixed_generation(
+    model: Any, tokenizer: Any, prompts: Sequence[str], new_tokens: int, batch_size: int, max_time: float | None = None
+) -> dict[str, Any]:
     """Greedy generation as ``models.generate`` runs it (left padding, no sampling), with EOS held back until
     ``new_tokens`` so every run decodes the same number of tokens. ``max_time`` cuts a slow run short; the row then
     says how many tokens it reached. The model's mode and the tokenizer's padding side are restored."""
@@ -265,8 +299,9 @@ def fixed_generation(model: Any, tokenizer: Any, prompts: Sequence[str], new_tok
         model.train(was_training)
 
 
-def _fixed_generation(model: Any, tokenizer: Any, prompts: Sequence[str], new_tokens: int, batch_size: int,
-                      max_time: float | None) -> dict[str, Any]:
+def _fixed_generation(
+    model: Any, tokenizer: Any, prompts: Sequence[str], new_tokens: int, batch_size: int, max_time: float | None
+) -> dict[str, Any]:
     import torch
 
     seconds, generated, prompt_tokens, done, cut = 0.0, 0, 0, 0, False
@@ -274,13 +309,20 @@ def _fixed_generation(model: Any, tokenizer: Any, prompts: Sequence[str], new_to
         if max_time is not None and seconds >= max_time:
             cut = True
             break
-        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                          add_special_tokens=False)
+        batch = tokenizer(
+            list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+        )
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 max_time=None if max_time is None else max_time - seconds)
+            out = model.generate(
+                **batch,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                max_time=None if max_time is None else max_time - seconds,
+            )
         seconds += time.perf_counter() - t0
         new = out.shape[1] - batch["input_ids"].shape[1]
         generated, done = generated + new * out.shape[0], done + out.shape[0]
@@ -288,16 +330,23 @@ def _fixed_generation(model: Any, tokenizer: Any, prompts: Sequence[str], new_to
         if new < new_tokens:  # max_time stopped it
             cut = True
             break
-    return {"prompts": done, "batch_size": batch_size, "prompt_tokens": prompt_tokens, "new_tokens": generated,
-            "new_tokens_per_prompt": new_tokens, "seconds": round(seconds, 2),
-            # per prompt at the full length; when cut short, extrapolated from the tokens reached (an upper bound)
-            "s_per_prompt": round(seconds * new_tokens / generated, 2) if generated else None,
-            "new_tok_per_s": round(generated / seconds, 1) if seconds else None, "cut_short": cut}
+    return {
+        "prompts": done,
+        "batch_size": batch_size,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": generated,
+        "new_tokens_per_prompt": new_tokens,
+        "seconds": round(seconds, 2),
+        # per prompt at the full length; when cut short, extrapolated from the tokens reached (an upper bound)
+        "s_per_prompt": round(seconds * new_tokens / generated, 2) if generated else None,
+        "new_tok_per_s": round(generated / seconds, 1) if seconds else None,
+        "cut_short": cut,
+    }
 
 
-def course_training(cfg: Any, tokenizer: Any, steps: int,
-                    after_step: Callable[[list[dict[str, Any]], Any], bool] | None = None
-                    ) -> tuple[Any, list[dict[str, Any]]]:
+def course_training(
+    cfg: Any, tokenizer: Any, steps: int, after_step: Callable[[list[dict[str, Any]], Any], bool] | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
     """The course's trainer (``train.make_trainer`` as ``training_throughput.py`` runs it) on ``cfg``'s base for
     ``steps`` steps. ``after_step(log, model)`` runs after each step, outside its timing; True stops the training.
     Returns the trainer and one record per step (wall and CPU seconds, tokens, loss)."""
@@ -310,8 +359,9 @@ def course_training(cfg: Any, tokenizer: Any, steps: int,
 
     hw = detect_hardware()
     dataset = pipeline.load(cfg, "dataset", quiet=True)
-    trainer = _course_trainer(cfg, load_model_for_training(cfg, hw), tokenizer, dataset,
-                              Path(BENCH_ROOT) / "cpu_benchmarks", steps, hw, {})
+    trainer = _course_trainer(
+        cfg, load_model_for_training(cfg, hw), tokenizer, dataset, Path(BENCH_ROOT) / "cpu_benchmarks", steps, hw, {}
+    )
     log = _instrument(trainer, tokenizer.pad_token_id)
 
     class AfterStep(TrainerCallback):
@@ -328,7 +378,12 @@ def step_stats(steps: Sequence[dict[str, Any]], asked: int | None = None) -> dic
     """Seconds per step (mean), CPU seconds, tokens and the last loss of some of ``course_training``'s steps."""
     import statistics
 
-    return {"s_per_step": round(statistics.mean(s["wall_s"] for s in steps), 3), "measured_steps": len(steps),
-            "cut_short": asked is not None and len(steps) < asked, "steps_s": [round(s["wall_s"], 2) for s in steps],
-            "cpu_s_per_step": round(statistics.mean(s["cpu_s"] for s in steps), 3), "loss": round(steps[-1]["loss"], 3),
-            "tokens_per_step": round(statistics.mean(s["processed"] for s in steps), 1)}
+    return {
+        "s_per_step": round(statistics.mean(s["wall_s"] for s in steps), 3),
+        "measured_steps": len(steps),
+        "cut_short": asked is not None and len(steps) < asked,
+        "steps_s": [round(s["wall_s"], 2) for s in steps],
+        "cpu_s_per_step": round(statistics.mean(s["cpu_s"] for s in steps), 3),
+        "loss": round(steps[-1]["loss"], 3),
+        "tokens_per_step": round(statistics.mean(s["processed"] for s in steps), 1),
+    }

@@ -33,6 +33,7 @@ The first run builds the dataset under /tmp/bench_out (2–3 min once). Writes b
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import sys
 import time
@@ -103,7 +104,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     global MODE
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
-    import torch
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
@@ -131,21 +131,27 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     ensure_pad_token(tokenizer)
     models.load_causal_lm(cfg, quantize=False, path=path, hw=hw)  # untimed first load: files into the page cache
-    loaded = {"fp32": p.timed("load", "fp32", lambda: models.load_causal_lm(cfg, quantize=False, path=path, hw=hw)),
-              "4-bit": p.timed("load", "4-bit NF4",
-                               lambda: models.load_causal_lm(cfg, quantize=True, path=path, hw=hw))}
+    loaded = {
+        "fp32": p.timed("load", "fp32", lambda: models.load_causal_lm(cfg, quantize=False, path=path, hw=hw)),
+        "4-bit": p.timed("load", "4-bit NF4", lambda: models.load_causal_lm(cfg, quantize=True, path=path, hw=hw)),
+    }
     if bf16:
-        loaded["bf16"] = p.timed("load", "bf16", lambda: models.load_causal_lm(bf16_cfg, quantize=False, path=path,
-                                                                                hw=hw))
+        loaded["bf16"] = p.timed(
+            "load", "bf16", lambda: models.load_causal_lm(bf16_cfg, quantize=False, path=path, hw=hw)
+        )
     else:
         p.add("load", "bf16", None, skipped=why_not)
     count = dequantize_all(loaded["4-bit"])  # warm-up
-    p.timed("dequantize", "4-bit, all weights", lambda: dequantize_all(loaded["4-bit"]), elements=count)
+    p.timed("dequantize", "4-bit, all weights", functools.partial(dequantize_all, loaded["4-bit"]), elements=count)
 
     prompts = common.test_prompts(cfg, tokenizer, args.prompts)
     new_tokens = args.new_tokens or cfg.model.max_new_tokens
-    runs = [("4-bit", 8, prompts), ("fp32", 8, prompts), ("fp32", 1, prompts[:max(1, len(prompts) // 2)]),
-            ("bf16", 8, prompts)]
+    runs = [
+        ("4-bit", 8, prompts),
+        ("fp32", 8, prompts),
+        ("fp32", 1, prompts[: max(1, len(prompts) // 2)]),
+        ("bf16", 8, prompts),
+    ]
     common.fixed_generation(loaded["fp32"], tokenizer, prompts[:1], 2, 1)  # warm-up
     for name, batch, some in runs:
         if name not in loaded:
@@ -156,24 +162,33 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     del loaded
     models.free_memory()
 
-    train_cfgs = {"4-bit NF4": cfg, "fp32": runtime.start("cpu-smoke", quiet=True, quantization={"load_in_4bit": False},
-                                                          **base),
-                  "bf16": runtime.start("cpu-smoke", quiet=True, quantization={"load_in_4bit": False},
-                                        model={"torch_dtype": "bfloat16"}, **base)}
+    train_cfgs = {
+        "4-bit NF4": cfg,
+        "fp32": runtime.start("cpu-smoke", quiet=True, quantization={"load_in_4bit": False}, **base),
+        "bf16": runtime.start(
+            "cpu-smoke", quiet=True, quantization={"load_in_4bit": False}, model={"torch_dtype": "bfloat16"}, **base
+        ),
+    }
     for name, tcfg in train_cfgs.items():
         if name == "bf16" and not bf16:
             p.add("train", name, None, skipped=why_not)
             continue
         trainer, log = common.course_training(tcfg, tokenizer, args.warmup + args.steps)
-        t = common.step_stats(log[args.warmup:])
+        t = common.step_stats(log[args.warmup :])
         p.add("train", name, t.pop("s_per_step"), warmup_steps=args.warmup, **t)
         del trainer
         models.free_memory()
 
     embed(p, cfg, args.chunks)
     ragas_phase(p, cfg, args.judge_samples)
-    return {"mode": MODE, "libraries": common.library_record(), "hardware": hw.summary(), "bf16_end_to_end": bf16,
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2), "rows": p.rows}
+    return {
+        "mode": MODE,
+        "libraries": common.library_record(),
+        "hardware": hw.summary(),
+        "bf16_end_to_end": bf16,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "rows": p.rows,
+    }
 
 
 def embed(p: Phases, cfg: Any, n: int) -> None:
@@ -195,8 +210,16 @@ def ragas_phase(p: Phases, cfg: Any, judge_samples: int) -> None:
 
     p.timed("import", "ragas", evaluate._ragas)
     examples = evaluate.test_examples(cfg)[:8]
-    rows = [{**ex, "answer": ex["answer"], "contexts": list(ex["contexts"]),
-             "reference": ex["answer"], "reference_contexts": list(ex["supporting_passages"])} for ex in examples]
+    rows = [
+        {
+            **ex,
+            "answer": ex["answer"],
+            "contexts": list(ex["contexts"]),
+            "reference": ex["answer"],
+            "reference_contexts": list(ex["supporting_passages"]),
+        }
+        for ex in examples
+    ]
     embeddings = p.timed("load", "RAGAS embeddings", lambda: evaluate.ragas_embeddings(cfg))
     p.timed("ragas", f"non-LLM, {len(rows)} rows", lambda: evaluate.non_llm_scores(rows, cfg, embeddings))
     if judge_samples:
@@ -265,14 +288,25 @@ def markdown(result: dict[str, Any]) -> str:
     for m in modes:
         r = result["modes"][m]
         isa = result["isa"].get(m, {})
-        bnb = "scalar loop (forced)" if r["libraries"]["env"].get(common.BNB_SCALAR_ENV) == "1" else "CPUID: " + (
-            "AVX-512" if cpu["flags"].get("avx512f") else "scalar")
-        lines.append(f"| {m} | {r['libraries']['torch_cpu_capability']} | {common.short_isa(isa.get('mkl', '?'))} | "
-                     f"{common.short_isa(isa.get('onednn', '?'))} | {bnb} | "
-                     f"{result['busy_percent_before'].get(m, '?')}% |")
-    lines += ["", "| phase | variant | " + " | ".join(f"{m} s" for m in modes) + " | "
-              + " | ".join(f"{m} rate" for m in modes) + (" | avx2 / native |" if len(modes) == 2 else " |"),
-              "|---|---|" + "---:|" * (2 * len(modes)) + ("---:|" if len(modes) == 2 else "")]
+        bnb = (
+            "scalar loop (forced)"
+            if r["libraries"]["env"].get(common.BNB_SCALAR_ENV) == "1"
+            else "CPUID: " + ("AVX-512" if cpu["flags"].get("avx512f") else "scalar")
+        )
+        lines.append(
+            f"| {m} | {r['libraries']['torch_cpu_capability']} | {common.short_isa(isa.get('mkl', '?'))} | "
+            f"{common.short_isa(isa.get('onednn', '?'))} | {bnb} | "
+            f"{result['busy_percent_before'].get(m, '?')}% |"
+        )
+    lines += [
+        "",
+        "| phase | variant | "
+        + " | ".join(f"{m} s" for m in modes)
+        + " | "
+        + " | ".join(f"{m} rate" for m in modes)
+        + (" | avx2 / native |" if len(modes) == 2 else " |"),
+        "|---|---|" + "---:|" * (2 * len(modes)) + ("---:|" if len(modes) == 2 else ""),
+    ]
     keys = []
     for m in modes:
         for row in result["modes"][m]["rows"]:
@@ -286,18 +320,29 @@ def markdown(result: dict[str, Any]) -> str:
             a, b = (r["seconds"] if r else None for r in rows)
             cells.append(ratio(b, a))
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
-    skipped = sorted({f"{r['phase']} {r['variant']} ({m}): {r['skipped']}" for m in modes
-                      for r in result["modes"][m]["rows"] if r.get("skipped")})
-    lines += ["", "Generation rows: the test split's RAG prompts, EOS held back so each answer is "
-              f"{result['settings']['new_tokens']} new tokens; s/answer is the batch's time per prompt. Train rows: "
-              f"the course's trainer, batch {result['settings']['batch_size']}, {result['settings']['warmup']} warm-up "
-              "step(s) not counted. Quantisation cost = load 4-bit − load fp32."]
+    skipped = sorted(
+        {
+            f"{r['phase']} {r['variant']} ({m}): {r['skipped']}"
+            for m in modes
+            for r in result["modes"][m]["rows"]
+            if r.get("skipped")
+        }
+    )
+    lines += [
+        "",
+        "Generation rows: the test split's RAG prompts, EOS held back so each answer is "
+        f"{result['settings']['new_tokens']} new tokens; s/answer is the batch's time per prompt. Train rows: "
+        f"the course's trainer, batch {result['settings']['batch_size']}, {result['settings']['warmup']} warm-up "
+        "step(s) not counted. Quantisation cost = load 4-bit − load fp32.",
+    ]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {s}" for s in skipped]
     busy = [v for v in result["busy_percent_before"].values() if isinstance(v, (int, float))]
     if busy and max(busy) > SHARED_ABOVE_PERCENT:
-        lines += ["", f"**The machine was shared** (up to {max(busy):.0f}% busy before a mode): the times are upper "
-                  "bounds."]
+        lines += [
+            "",
+            f"**The machine was shared** (up to {max(busy):.0f}% busy before a mode): the times are upper bounds.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -321,10 +366,18 @@ def main() -> None:
     start = time.perf_counter()
     cfg = common.bench_config()
     result: dict[str, Any] = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note, "cpu": common.cpu_record(),
-        "settings": {"warmup": args.warmup, "steps": args.steps, "prompts": args.prompts, "chunks": args.chunks,
-                     "new_tokens": args.new_tokens or cfg.model.max_new_tokens, "bf16": args.bf16,
-                     "batch_size": cfg.training.per_device_train_batch_size},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": args.note,
+        "cpu": common.cpu_record(),
+        "settings": {
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "prompts": args.prompts,
+            "chunks": args.chunks,
+            "new_tokens": args.new_tokens or cfg.model.max_new_tokens,
+            "bf16": args.bf16,
+            "batch_size": cfg.training.per_device_train_batch_size,
+        },
         "versions": runtime.versions(),
     }
     common.run_modes(Path(__file__), result, args.modes, RESULTS_JSON, markdown, start, probe=True)

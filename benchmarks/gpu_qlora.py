@@ -75,15 +75,32 @@ sys.path.insert(0, str(REPO))  # ragcourse without installing it
 GIB = 2**30
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s; matched in order on the device name.
 PEAK_BF16_TFLOPS: list[tuple[str, float | None]] = [  # None: not known here, pass --peak-tflops
-    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4), ("B200", 2250.0),
-    ("A100", 312.0), ("A10G", None), ("L40S", 362.05), ("L40", 181.05), ("L4", 121.0), ("A10", 125.0), ("A6000", 154.8),
-    ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A10G", None),
+    ("L40S", 362.05),
+    ("L40", 181.05),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("A6000", 154.8),
+    ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0),
 ]
 PUBLISHED = [
-    {"source": "Unsloth on the Hugging Face blog (https://huggingface.co/blog/unsloth-trl)",
-     "setup": "Llama-2-7B QLoRA, Colab T4", "figure": "1.95x faster, 43% less memory than plain transformers"},
-    {"source": "torchtune README (https://github.com/pytorch/torchtune)", "setup": "Llama-3.1-8B QLoRA, 1x RTX 4090",
-     "figure": "7.4 GiB peak memory, 2,413 tokens/s"},
+    {
+        "source": "Unsloth on the Hugging Face blog (https://huggingface.co/blog/unsloth-trl)",
+        "setup": "Llama-2-7B QLoRA, Colab T4",
+        "figure": "1.95x faster, 43% less memory than plain transformers",
+    },
+    {
+        "source": "torchtune README (https://github.com/pytorch/torchtune)",
+        "setup": "Llama-3.1-8B QLoRA, 1x RTX 4090",
+        "figure": "7.4 GiB peak memory, 2,413 tokens/s",
+    },
 ]
 
 
@@ -118,14 +135,27 @@ def build_model(arch: str, device: str, dtype: Any, seed: int = 0) -> Any:
         for child_name, child in list(parent.named_children()):
             if type(child) is not torch.nn.Linear or child is head:
                 continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None, compute_dtype=dtype,
-                                  compress_statistics=True, quant_type="nf4", quant_storage=torch.uint8, device="meta")
-            w = torch.empty(child.out_features, child.in_features, dtype=dtype, device=device).normal_(0, std, generator=gen)
-            q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True,
-                                         quant_storage=torch.uint8, module=q).to(device)
+            q = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=dtype,
+                compress_statistics=True,
+                quant_type="nf4",
+                quant_storage=torch.uint8,
+                device="meta",
+            )
+            w = torch.empty(child.out_features, child.in_features, dtype=dtype, device=device).normal_(
+                0, std, generator=gen
+            )
+            q.weight = bnb.nn.Params4bit(
+                w, requires_grad=False, quant_type="nf4", compress_statistics=True, quant_storage=torch.uint8, module=q
+            ).to(device)
             del w
             if child.bias is not None:
-                q.bias = torch.nn.Parameter(torch.zeros(child.out_features, dtype=dtype, device=device), requires_grad=False)
+                q.bias = torch.nn.Parameter(
+                    torch.zeros(child.out_features, dtype=dtype, device=device), requires_grad=False
+                )
             setattr(parent, child_name, q)
     for module in model.modules():
         is_norm = "norm" in type(module).__name__.lower()
@@ -172,8 +202,18 @@ def total_params(model: Any) -> int:
 # -- one sequence length --------------------------------------------------------------------------------------------
 
 
-def measure(model: Any, optimizer: Any, batch: int, seq: int, warmup: int, steps: int, device: str, dtype: Any,
-            fused: bool, vocab: int) -> dict[str, Any]:
+def measure(
+    model: Any,
+    optimizer: Any,
+    batch: int,
+    seq: int,
+    warmup: int,
+    steps: int,
+    device: str,
+    dtype: Any,
+    fused: bool,
+    vocab: int,
+) -> dict[str, Any]:
     import torch
 
     cuda = device == "cuda"
@@ -201,14 +241,24 @@ def measure(model: Any, optimizer: Any, batch: int, seq: int, warmup: int, steps
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    row: dict[str, Any] = {"seq_len": seq, "batch_size": batch, "tokens_per_step": batch * seq,
-                           "s_per_step": round(sum(times) / len(times), 4), "s_per_step_all": [round(t, 4) for t in times],
-                           "tokens_per_s": round(batch * seq * len(times) / sum(times), 1), "loss_last": round(losses[-1], 4)}
+    row: dict[str, Any] = {
+        "seq_len": seq,
+        "batch_size": batch,
+        "tokens_per_step": batch * seq,
+        "s_per_step": round(sum(times) / len(times), 4),
+        "s_per_step_all": [round(t, 4) for t in times],
+        "tokens_per_s": round(batch * seq * len(times) / sum(times), 1),
+        "loss_last": round(losses[-1], 4),
+    }
     if cuda:
         free, total = torch.cuda.mem_get_info()
-        row.update({"max_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
-                    "max_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
-                    "device_used_gib_after": round((total - free) / GIB, 3)})
+        row.update(
+            {
+                "max_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+                "max_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
+                "device_used_gib_after": round((total - free) / GIB, 3),
+            }
+        )
     return row
 
 
@@ -217,42 +267,68 @@ def estimate_row(arch: str, cfg: Any, batch: int, seq: int, fused: bool, device:
     from ragcourse.lora import resolve_target_modules
 
     targets = resolve_target_modules(cfg.lora.target_modules)
-    base = dict(model=arch, weights="nf4-dq" if cfg.quantization.bnb_4bit_use_double_quant else "nf4",
-                compute_dtype="bfloat16" if device == "cuda" else "float32", lora_r=cfg.lora.r,
-                target_modules=targets if isinstance(targets, str) else tuple(targets), lora_dropout=cfg.lora.lora_dropout,
-                batch_size=batch, seq_len=seq, gradient_checkpointing=cfg.training.gradient_checkpointing,
-                optimizer="paged_adamw_8bit" if device == "cuda" else "adamw_torch", loss="fused" if fused else "full",
-                padded=False, device="cuda" if device == "cuda" else "cpu")
+    base = dict(
+        model=arch,
+        weights="nf4-dq" if cfg.quantization.bnb_4bit_use_double_quant else "nf4",
+        compute_dtype="bfloat16" if device == "cuda" else "float32",
+        lora_r=cfg.lora.r,
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        lora_dropout=cfg.lora.lora_dropout,
+        batch_size=batch,
+        seq_len=seq,
+        gradient_checkpointing=cfg.training.gradient_checkpointing,
+        optimizer="paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        loss="fused" if fused else "full",
+        padded=False,
+        device="cuda" if device == "cuda" else "cpu",
+    )
     upcast = memory.estimate(memory.MemorySpec(**base, upcast_non_quantized=True))
     plain = memory.estimate(memory.MemorySpec(**base))  # what memory.spec_from_config assumes (no upcast)
-    return {"estimate_torch_allocated_gib": round(upcast.torch_allocated / GIB, 3),
-            "estimate_total_gib": round(upcast.total / GIB, 3),
-            "estimate_breakdown_gib": {k: round(v, 3) for k, v in upcast.breakdown().items()},
-            "estimate_without_upcast_torch_allocated_gib": round(plain.torch_allocated / GIB, 3)}
+    return {
+        "estimate_torch_allocated_gib": round(upcast.torch_allocated / GIB, 3),
+        "estimate_total_gib": round(upcast.total / GIB, 3),
+        "estimate_breakdown_gib": {k: round(v, 3) for k, v in upcast.breakdown().items()},
+        "estimate_without_upcast_torch_allocated_gib": round(plain.torch_allocated / GIB, 3),
+    }
 
 
 # -- reporting ------------------------------------------------------------------------------------------------------
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"QLoRA on {result['device']} ({result['created_at']}): {result['arch']} with random weights, "
-             f"{result['recipe']}. MFU = ({result['flops_formula']}) × tokens/s ÷ {result['peak_tflops']} TFLOP/s "
-             f"(dense bf16 peak{'' if result['peak_tflops'] else ': unknown, pass --peak-tflops'}).", "",
-             "| seq | batch | s/step | tokens/s | MFU | 6N-MFU | max allocated GiB | estimate: allocated | max reserved GiB | "
-             "device used GiB | estimate: total (+0.5 context) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"
-    num = lambda v: "–" if v is None else f"{v:.2f}"
+    lines = [
+        f"QLoRA on {result['device']} ({result['created_at']}): {result['arch']} with random weights, "
+        f"{result['recipe']}. MFU = ({result['flops_formula']}) × tokens/s ÷ {result['peak_tflops']} TFLOP/s "
+        f"(dense bf16 peak{'' if result['peak_tflops'] else ': unknown, pass --peak-tflops'}).",
+        "",
+        "| seq | batch | s/step | tokens/s | MFU | 6N-MFU | max allocated GiB | estimate: allocated | "
+        "max reserved GiB | device used GiB | estimate: total (+0.5 context) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f}%"
+
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    def err(est: float, got: float | None) -> str:
+        return "" if got is None else f" ({100 * (est - got) / got:+.0f}%)"
+
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['seq_len']} | {r['batch_size']} | {r['error']} | | | | | "
-                         f"{num(r.get('estimate_torch_allocated_gib'))} | | | {num(r.get('estimate_total_gib'))} |")
+            lines.append(
+                f"| {r['seq_len']} | {r['batch_size']} | {r['error']} | | | | | "
+                f"{num(r.get('estimate_torch_allocated_gib'))} | | | {num(r.get('estimate_total_gib'))} |"
+            )
             continue
         alloc, used = r.get("max_allocated_gib"), r.get("device_used_gib_after")
         est_a, est_t = r["estimate_torch_allocated_gib"], r["estimate_total_gib"]
-        err = lambda est, got: "" if got is None else f" ({100 * (est - got) / got:+.0f}%)"
-        lines.append(f"| {r['seq_len']} | {r['batch_size']} | {r['s_per_step']:.3f} | {r['tokens_per_s']:,.0f} | "
-                     f"{pct(r.get('mfu'))} | {pct(r.get('mfu_6n'))} | {num(alloc)} | {est_a:.2f}{err(est_a, alloc)} | "
-                     f"{num(r.get('max_reserved_gib'))} | {num(used)} | {est_t:.2f}{err(est_t, used)} |")
+        lines.append(
+            f"| {r['seq_len']} | {r['batch_size']} | {r['s_per_step']:.3f} | {r['tokens_per_s']:,.0f} | "
+            f"{pct(r.get('mfu'))} | {pct(r.get('mfu_6n'))} | {num(alloc)} | {est_a:.2f}{err(est_a, alloc)} | "
+            f"{num(r.get('max_reserved_gib'))} | {num(used)} | {est_t:.2f}{err(est_t, used)} |"
+        )
     lines += ["", "Published references (other recipes; context, not like for like):", ""]
     lines += [f"- {p['setup']}: {p['figure']} — {p['source']}" for p in result["published"]]
     return "\n".join(lines) + "\n"
@@ -267,10 +343,18 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from the device name)")
-    parser.add_argument("--loss", choices=["auto", "fused", "full"], default="auto",
-                        help="fused: TRL's chunked LM head (the course's SFTTrainer); full: model(labels=); auto: fused if trl imports")
-    parser.add_argument("--time-limit", type=float, default=540, help="skip further sequence lengths after this many seconds")
-    parser.add_argument("--cpu-test", action="store_true", help="check the code path on a CPU (smollm2-135m, seq 64, 1+1 steps)")
+    parser.add_argument(
+        "--loss",
+        choices=["auto", "fused", "full"],
+        default="auto",
+        help="fused: TRL's chunked LM head (the course's SFTTrainer); full: model(labels=); auto: fused if trl imports",
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=540, help="skip further sequence lengths after this many seconds"
+    )
+    parser.add_argument(
+        "--cpu-test", action="store_true", help="check the code path on a CPU (smollm2-135m, seq 64, 1+1 steps)"
+    )
     parser.add_argument("--results", help="JSON path (default benchmarks/results/gpu_qlora[_cpu_test].json)")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -281,15 +365,19 @@ def main() -> int:
         print("torch is not installed: nothing measured.")
         return 0
     if not torch.cuda.is_available() and not args.cpu_test:
-        print("No CUDA GPU here (torch.cuda.is_available() is False): nothing measured. Run this script on a machine "
-              "with an NVIDIA GPU, or pass --cpu-test to check the code path on a CPU.")
+        print(
+            "No CUDA GPU here (torch.cuda.is_available() is False): nothing measured. Run this script on a machine "
+            "with an NVIDIA GPU, or pass --cpu-test to check the code path on a CPU."
+        )
         return 0
     try:
         import bitsandbytes  # noqa: F401
         import peft  # noqa: F401
     except ImportError as exc:
-        print(f"{exc.name} is missing: pip install bitsandbytes peft (offline: pip install --no-index --find-links "
-              "<wheel folder> bitsandbytes). Nothing measured.")
+        print(
+            f"{exc.name} is missing: pip install bitsandbytes peft (offline: pip install --no-index --find-links "
+            "<wheel folder> bitsandbytes). Nothing measured."
+        )
         return 2
 
     from peft import prepare_model_for_kbit_training
@@ -376,18 +464,35 @@ def main() -> int:
             torch.cuda.empty_cache()
 
     result = {
-        "device": device_name, "arch": args.arch, "preset": args.preset, "device_kind": device,
-        "recipe": (f"NF4+DQ, LoRA r={cfg.lora.r} alpha={cfg.lora.lora_alpha} dropout={cfg.lora.lora_dropout} on "
-                   f"{cfg.lora.target_modules}, {'bf16 autocast, ' if device == 'cuda' else ''}"
-                   f"{'gradient checkpointing, ' if cfg.training.gradient_checkpointing else ''}"
-                   f"{'paged 8-bit AdamW' if device == 'cuda' else 'AdamW'}, {'TRL fused LM head' if fused else 'full-logits loss'}"),
-        "peak_tflops": peak, "flops_formula": formula, "n_frozen_matmul_params": n_frozen, "n_lora_params": n_lora,
-        "n_params_total": n_total, "build_seconds": round(build_s, 1),
+        "device": device_name,
+        "arch": args.arch,
+        "preset": args.preset,
+        "device_kind": device,
+        "recipe": (
+            f"NF4+DQ, LoRA r={cfg.lora.r} alpha={cfg.lora.lora_alpha} dropout={cfg.lora.lora_dropout} on "
+            f"{cfg.lora.target_modules}, {'bf16 autocast, ' if device == 'cuda' else ''}"
+            f"{'gradient checkpointing, ' if cfg.training.gradient_checkpointing else ''}"
+            f"{'paged 8-bit AdamW' if device == 'cuda' else 'AdamW'}, "
+            f"{'TRL fused LM head' if fused else 'full-logits loss'}"
+        ),
+        "peak_tflops": peak,
+        "flops_formula": formula,
+        "n_frozen_matmul_params": n_frozen,
+        "n_lora_params": n_lora,
+        "n_params_total": n_total,
+        "build_seconds": round(build_s, 1),
         "weights_allocated_gib": None if weights_gib is None else round(weights_gib, 3),
-        "rows": rows, "published": PUBLISHED, "wall_seconds": round(time.perf_counter() - started, 1),
-        "versions": {**runtime.versions(), "cuda": torch.version.cuda}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": rows,
+        "published": PUBLISHED,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "versions": {**runtime.versions(), "cuda": torch.version.cuda},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = Path(args.results) if args.results else HERE / "results" / ("gpu_qlora_cpu_test.json" if args.cpu_test else "gpu_qlora.json")
+    out = (
+        Path(args.results)
+        if args.results
+        else HERE / "results" / ("gpu_qlora_cpu_test.json" if args.cpu_test else "gpu_qlora.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")

@@ -2,8 +2,8 @@
 "Not in the documents" when the passages do not hold the answer, without refusing the questions they do answer.
 
 Each variant is the preset with a few config values changed; it builds its own dataset and adapter from scratch under
-``--output-root`` (``pipeline.ensure``, as the CLI does; a ``+dpo`` variant reuses its SFT variant's), then answers, greedily, from the 4-bit
-weights unpacked once (``models.load_for_answers``, as notebooks 05 and 06 do on a CPU):
+``--output-root`` (``pipeline.ensure``, as the CLI does; a ``+dpo`` variant reuses its SFT variant's), then answers,
+greedily, from the 4-bit weights unpacked once (``models.load_for_answers``, as notebooks 05 and 06 do on a CPU):
 
 * the test split's RAFT prompts (every answerable question with its oracle passage among its distractors, and the
   unanswerable questions with the passages the retriever ranks highest), and
@@ -46,26 +46,44 @@ PRESET = "cpu-smoke"
 # name: (config overrides by section, what it tries)
 VARIANTS: dict[str, tuple[dict[str, dict[str, Any]], str]] = {
     "baseline": ({}, "the preset as it is: every oracle kept, refusals only from the unanswerable questions"),
-    "near-miss-25": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
-                     "25% refusals; the extra ones are training questions with their oracle removed (near-miss passages)"),
-    "unanswerable-25": ({"data": {"refusal_share": 0.25, "refusal_source": "unanswerable"}},
-                        "25% refusals; the extra ones are the unanswerable questions again"),
-    "near-miss-40": ({"data": {"refusal_share": 0.40, "refusal_source": "near-miss"}}, "40% refusals from near-miss copies"),
-    "near-miss-25+dpo": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
-                         "near-miss-25, then a short DPO stage (TRL's DPOTrainer on the SFT adapter, its copy as the "
-                         "reference): refusal preferred to the answer without the oracle and to the SFT model's own answer "
-                         "to an unanswerable question, the answer preferred to the refusal with the oracle"),
-    "quote-then-answer": ({"data": {"target_style": "quote-then-answer"}}, "RAFT's own answer style (quote the passage, "
-                          "then answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged"),
-    "near-miss-25+dpo-more": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"},
-                               "dpo": {"pairs_per_kind": 32, "seed": 42}},
-                              ("near-miss-25, then a longer DPO stage: up to 32 pairs of each kind instead of 16 (no more than the "
-                               "training split holds)")),
-    "near-miss-25+dpo-more-s1": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"},
-                                  "dpo": {"pairs_per_kind": 32, "seed": 1}},
-                                 "near-miss-25+dpo-more with the pairs drawn by another seed"),
-    "near-miss-25-2ep": ({"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "training": {"num_train_epochs": 2}},
-                         "near-miss-25 trained for two epochs instead of one (twice the steps)"),
+    "near-miss-25": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
+        "25% refusals; the extra ones are training questions with their oracle removed (near-miss passages)",
+    ),
+    "unanswerable-25": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "unanswerable"}},
+        "25% refusals; the extra ones are the unanswerable questions again",
+    ),
+    "near-miss-40": (
+        {"data": {"refusal_share": 0.40, "refusal_source": "near-miss"}},
+        "40% refusals from near-miss copies",
+    ),
+    "near-miss-25+dpo": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}},
+        "near-miss-25, then a short DPO stage (TRL's DPOTrainer on the SFT adapter, its copy as the "
+        "reference): refusal preferred to the answer without the oracle and to the SFT model's own answer "
+        "to an unanswerable question, the answer preferred to the refusal with the oracle",
+    ),
+    "quote-then-answer": (
+        {"data": {"target_style": "quote-then-answer"}},
+        "RAFT's own answer style (quote the passage, "
+        "then answer; the GPU presets' default) instead of answer-then-cite, the preset otherwise unchanged",
+    ),
+    "near-miss-25+dpo-more": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "dpo": {"pairs_per_kind": 32, "seed": 42}},
+        (
+            "near-miss-25, then a longer DPO stage: up to 32 pairs of each kind instead of 16 (no more than the "
+            "training split holds)"
+        ),
+    ),
+    "near-miss-25+dpo-more-s1": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "dpo": {"pairs_per_kind": 32, "seed": 1}},
+        "near-miss-25+dpo-more with the pairs drawn by another seed",
+    ),
+    "near-miss-25-2ep": (
+        {"data": {"refusal_share": 0.25, "refusal_source": "near-miss"}, "training": {"num_train_epochs": 2}},
+        "near-miss-25 trained for two epochs instead of one (twice the steps)",
+    ),
 }
 DPO = {"pairs_per_kind": 16, "learning_rate": 5e-4, "beta": 0.1, "batch": 4}
 
@@ -77,16 +95,28 @@ def test_prompts(cfg: Any, dataset: Any, tokenizer: Any) -> list[dict[str, Any]]
     nodes = {n.node_id: n for n in data.corpus_chunks(cfg, tokenizer)}
     cases = []
     for ex in dataset["test"]:
-        cases.append({"id": ex["id"], "kind": "unanswerable" if ex["type"] == "unanswerable" else "answerable",
-                      "example": {"type": ex["type"], "key_fact": ex["key_fact"], "has_oracle": ex["has_oracle"]},
-                      "messages": ex["prompt"]})
+        cases.append(
+            {
+                "id": ex["id"],
+                "kind": "unanswerable" if ex["type"] == "unanswerable" else "answerable",
+                "example": {"type": ex["type"], "key_fact": ex["key_fact"], "has_oracle": ex["has_oracle"]},
+                "messages": ex["prompt"],
+            }
+        )
     for ex in dataset["test"]:
         if ex["type"] == "unanswerable" or not ex["oracle_ids"]:
             continue
-        passages = [data._passage(nodes[c], cfg.rag.filter_instructions) for c in ex["context_ids"] if c not in ex["oracle_ids"]]
-        cases.append({"id": ex["id"] + "-no-oracle", "kind": "no-oracle",
-                      "example": {"type": ex["type"], "key_fact": ex["key_fact"], "has_oracle": False},
-                      "messages": prompts.messages(cfg.model.system_prompt, prompts.user_prompt(ex["question"], passages))})
+        passages = [
+            data._passage(nodes[c], cfg.rag.filter_instructions) for c in ex["context_ids"] if c not in ex["oracle_ids"]
+        ]
+        cases.append(
+            {
+                "id": ex["id"] + "-no-oracle",
+                "kind": "no-oracle",
+                "example": {"type": ex["type"], "key_fact": ex["key_fact"], "has_oracle": False},
+                "messages": prompts.messages(cfg.model.system_prompt, prompts.user_prompt(ex["question"], passages)),
+            }
+        )
     return cases
 
 
@@ -121,13 +151,18 @@ def scores(cases: list[dict[str, Any]], answers: list[str]) -> dict[str, Any]:
     return {
         "answer_correct": ci([correct[i] for i in answerable]),
         "right_refusals": ci([float(refused[i]) for i in refusal_cases]),
-        "right_refusals_unanswerable": int(sum(refused[i] for i in refusal_cases if cases[i]["kind"] == "unanswerable")),
+        "right_refusals_unanswerable": int(
+            sum(refused[i] for i in refusal_cases if cases[i]["kind"] == "unanswerable")
+        ),
         "right_refusals_no_oracle": int(sum(refused[i] for i in refusal_cases if cases[i]["kind"] == "no-oracle")),
         "wrong_refusals": ci([float(refused[i]) for i in answerable]),
-        "counts": {"answerable": len(answerable), "unanswerable": sum(cases[i]["kind"] == "unanswerable" for i in refusal_cases),
-                   "no_oracle": sum(cases[i]["kind"] == "no-oracle" for i in refusal_cases),
-                   "correct_answerable": int(sum(correct[i] for i in answerable)),
-                   "refused_answerable": int(sum(refused[i] for i in answerable))},
+        "counts": {
+            "answerable": len(answerable),
+            "unanswerable": sum(cases[i]["kind"] == "unanswerable" for i in refusal_cases),
+            "no_oracle": sum(cases[i]["kind"] == "no-oracle" for i in refusal_cases),
+            "correct_answerable": int(sum(correct[i] for i in answerable)),
+            "refused_answerable": int(sum(refused[i] for i in answerable)),
+        },
         "correct_all": correct,
     }
 
@@ -172,17 +207,34 @@ def run_variant(name: str, root: Path, base_cache: dict[str, Any]) -> dict[str, 
     tuned = scores(cases, tuned_answers)
     base = base_cache[key]["scores"]
     diff = paired_comparison(tuned["correct_all"], base["correct_all"], "answer_correct")
-    return {"variant": name, "what": what, "data": overrides.get("data", {}),
-            **({"training": overrides["training"]} if "training" in overrides else {}),
-            **({"dpo": dpo} if dpo else {}), "train_examples": len(dataset["train"]),
-            "train_refusals": int(train_mix), "seconds": {"data": round(t_data), "train": round(t_train) if t_train is not None else None, "answer": round(t_answer),
-                                                   **({"dpo": t_dpo} if t_dpo is not None else {})},
-            "tuned": {k: v for k, v in tuned.items() if k != "correct_all"},
-            "base": {k: v for k, v in base.items() if k != "correct_all"},
-            "tuned_minus_base": {"mean": round(diff.mean_difference, 3), "low": round(diff.low, 3), "high": round(diff.high, 3),
-                                 "wins": diff.wins, "losses": diff.losses},
-            "examples": [{"id": c["id"], "kind": c["kind"], "base": b, "tuned": t}
-                         for c, b, t in zip(cases, base_cache[key]["answers"], tuned_answers)]}
+    return {
+        "variant": name,
+        "what": what,
+        "data": overrides.get("data", {}),
+        **({"training": overrides["training"]} if "training" in overrides else {}),
+        **({"dpo": dpo} if dpo else {}),
+        "train_examples": len(dataset["train"]),
+        "train_refusals": int(train_mix),
+        "seconds": {
+            "data": round(t_data),
+            "train": round(t_train) if t_train is not None else None,
+            "answer": round(t_answer),
+            **({"dpo": t_dpo} if t_dpo is not None else {}),
+        },
+        "tuned": {k: v for k, v in tuned.items() if k != "correct_all"},
+        "base": {k: v for k, v in base.items() if k != "correct_all"},
+        "tuned_minus_base": {
+            "mean": round(diff.mean_difference, 3),
+            "low": round(diff.low, 3),
+            "high": round(diff.high, 3),
+            "wins": diff.wins,
+            "losses": diff.losses,
+        },
+        "examples": [
+            {"id": c["id"], "kind": c["kind"], "base": b, "tuned": t}
+            for c, b, t in zip(cases, base_cache[key]["answers"], tuned_answers)
+        ],
+    }
 
 
 def preference_stage(cfg: Any, dataset: Any, adapter: Path, dpo: dict[str, Any]) -> Path:
@@ -208,28 +260,55 @@ def preference_stage(cfg: Any, dataset: Any, adapter: Path, dpo: dict[str, Any])
     target = lambda ex: ex["completion"][0]["content"]  # noqa: E731
     seed = dpo.get("seed", cfg.training.seed)
     rng = random.Random(seed)
-    no_oracle = [(ex, target(by_id[ex["id"].split("-refuse")[0]])) for ex in examples
-                 if "-refuse" in ex["id"] and ex["id"].split("-refuse")[0] in by_id]
+    no_oracle = [
+        (ex, target(by_id[ex["id"].split("-refuse")[0]]))
+        for ex in examples
+        if "-refuse" in ex["id"] and ex["id"].split("-refuse")[0] in by_id
+    ]
     unanswerable = [ex for ex in examples if ex["type"] == "unanswerable"]
     answered = [ex for ex in examples if target(ex) != refusal]
     k = dpo["pairs_per_kind"]
     base = prepare_model_for_kbit_training(models.load_causal_lm(cfg), use_gradient_checkpointing=False)
     model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     asked = rng.sample(unanswerable, min(k // 2, len(unanswerable)))
-    own = models.generate(model, tokenizer, [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
-                                             for ex in asked], max_new_tokens=cfg.model.max_new_tokens)
+    own = models.generate(
+        model,
+        tokenizer,
+        [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True) for ex in asked],
+        max_new_tokens=cfg.model.max_new_tokens,
+    )
     turn = lambda text: [{"role": "assistant", "content": text}]  # noqa: E731
-    pairs = [{"prompt": ex["prompt"], "chosen": turn(refusal), "rejected": turn(answer)}
-             for ex, answer in zip(asked, own) if not prompts.is_refusal(answer)]
-    pairs += [{"prompt": ex["prompt"], "chosen": turn(refusal), "rejected": turn(answer)}
-              for ex, answer in rng.sample(no_oracle, min(k, len(no_oracle)))]
-    pairs += [{"prompt": ex["prompt"], "chosen": ex["completion"], "rejected": turn(refusal)}
-              for ex in rng.sample(answered, min(k, len(answered)))]
+    pairs = [
+        {"prompt": ex["prompt"], "chosen": turn(refusal), "rejected": turn(answer)}
+        for ex, answer in zip(asked, own)
+        if not prompts.is_refusal(answer)
+    ]
+    pairs += [
+        {"prompt": ex["prompt"], "chosen": turn(refusal), "rejected": turn(answer)}
+        for ex, answer in rng.sample(no_oracle, min(k, len(no_oracle)))
+    ]
+    pairs += [
+        {"prompt": ex["prompt"], "chosen": ex["completion"], "rejected": turn(refusal)}
+        for ex in rng.sample(answered, min(k, len(answered)))
+    ]
     rng.shuffle(pairs)
     out = adapter.parent / "adapter_dpo"
-    args = DPOConfig(output_dir=str(out / "run"), per_device_train_batch_size=dpo["batch"], learning_rate=dpo["learning_rate"],
-                     beta=dpo["beta"], num_train_epochs=1, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
-                     report_to="none", use_cpu=True, bf16=False, fp16=False, max_length=cfg.model.max_length, seed=seed)
+    args = DPOConfig(
+        output_dir=str(out / "run"),
+        per_device_train_batch_size=dpo["batch"],
+        learning_rate=dpo["learning_rate"],
+        beta=dpo["beta"],
+        num_train_epochs=1,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        max_length=cfg.model.max_length,
+        seed=seed,
+    )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     for param in trainer.model.parameters():  # fp32 trainable weights on a CPU, as train.make_trainer keeps them
         if param.requires_grad and param.dtype != torch.float32:
@@ -249,36 +328,55 @@ def fmt(ci: list[float]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"Refusal recipes on `{PRESET}` ({result['when']}, {result['machine']}); each variant trained from scratch, "
-             f"answers greedy from the unpacked 4-bit weights. Refusal cases = the unanswerable test questions + a "
-             f"no-oracle copy of each answerable one (its oracle passage removed). 95% bootstrap intervals.", "",
-             "| variant | training refusals | answer correct (answerable) | right refusals (unanswerable + no-oracle) | "
-             "wrong refusals (answerable) | tuned − base, all prompts | train s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Refusal recipes on `{PRESET}` ({result['when']}, {result['machine']}); each variant trained from scratch, "
+        f"answers greedy from the unpacked 4-bit weights. Refusal cases = the unanswerable test questions + a "
+        f"no-oracle copy of each answerable one (its oracle passage removed). 95% bootstrap intervals.",
+        "",
+        "| variant | training refusals | answer correct (answerable) | right refusals (unanswerable + no-oracle) | "
+        "wrong refusals (answerable) | tuned − base, all prompts | train s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["runs"]:
         t, c = r["tuned"], r["tuned"]["counts"]
         d = r["tuned_minus_base"]
-        lines.append(f"| {r['variant']} | {r['train_refusals']}/{r['train_examples']} | "
-                     f"{c['correct_answerable']}/{c['answerable']} = {fmt(t['answer_correct'])} | "
-                     f"{t['right_refusals_unanswerable']}/{c['unanswerable']} + {t['right_refusals_no_oracle']}/{c['no_oracle']} = "
-                     f"{fmt(t['right_refusals'])} | {c['refused_answerable']}/{c['answerable']} = {fmt(t['wrong_refusals'])} | "
-                     f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] | {r['seconds']['train'] or 'SFT reused'}"
-                     + (f" + {r['seconds']['dpo']} DPO" if r['seconds'].get('dpo') else "") + " |")
+        lines.append(
+            f"| {r['variant']} | {r['train_refusals']}/{r['train_examples']} | "
+            f"{c['correct_answerable']}/{c['answerable']} = {fmt(t['answer_correct'])} | "
+            f"{t['right_refusals_unanswerable']}/{c['unanswerable']} + "
+            f"{t['right_refusals_no_oracle']}/{c['no_oracle']} = {fmt(t['right_refusals'])} | "
+            f"{c['refused_answerable']}/{c['answerable']} = {fmt(t['wrong_refusals'])} | "
+            f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] | {r['seconds']['train'] or 'SFT reused'}"
+            + (f" + {r['seconds']['dpo']} DPO" if r["seconds"].get("dpo") else "")
+            + " |"
+        )
+
     def untuned(b: dict[str, Any]) -> str:
         c = b["counts"]
-        return (f"answer correct {c['correct_answerable']}/{c['answerable']}, right refusals {b['right_refusals_unanswerable']}/"
-                f"{c['unanswerable']} + {b['right_refusals_no_oracle']}/{c['no_oracle']}, wrong refusals {c['refused_answerable']}/{c['answerable']}")
+        return (
+            f"answer correct {c['correct_answerable']}/{c['answerable']}, "
+            f"right refusals {b['right_refusals_unanswerable']}/{c['unanswerable']} + "
+            f"{b['right_refusals_no_oracle']}/{c['no_oracle']}, "
+            f"wrong refusals {c['refused_answerable']}/{c['answerable']}"
+        )
 
     if result["runs"]:
         first = result["runs"][0]
         lines += ["", f"Untuned model on the same prompts: {untuned(first['base'])}."]
         for r in result["runs"][1:]:
             if r["base"]["counts"] != first["base"]["counts"]:  # its examples differ (e.g. longer targets dropped some)
-                lines.append(f"{r['variant']}: {r['train_examples']} training examples and {r['base']['counts']['answerable']} answerable "
-                             f"test questions fit `model.max_length`; the untuned model on its prompts: {untuned(r['base'])}.")
-    lines += ["", "Variants:", ""] + [f"- **{r['variant']}**: {r['what']} (`data: {json.dumps(r['data'])}`"
-                                      + (f"; training: `{json.dumps(r['training'])}`" if r.get("training") else "")
-                                      + (f"; DPO: `{json.dumps(r['dpo'])}`" if r.get("dpo") else "") + ")" for r in result["runs"]]
+                lines.append(
+                    f"{r['variant']}: {r['train_examples']} training examples and "
+                    f"{r['base']['counts']['answerable']} answerable test questions fit `model.max_length`; "
+                    f"the untuned model on its prompts: {untuned(r['base'])}."
+                )
+    lines += ["", "Variants:", ""] + [
+        f"- **{r['variant']}**: {r['what']} (`data: {json.dumps(r['data'])}`"
+        + (f"; training: `{json.dumps(r['training'])}`" if r.get("training") else "")
+        + (f"; DPO: `{json.dumps(r['dpo'])}`" if r.get("dpo") else "")
+        + ")"
+        for r in result["runs"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -297,8 +395,11 @@ def main() -> None:
     for name in args.variants:
         print(f"== {name}", flush=True)
         runs[name] = run_variant(name, Path(args.output_root), base_cache)
-        result = {"when": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU",
-                  "runs": [runs[n] for n in VARIANTS if n in runs]}
+        result = {
+            "when": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} CPU",
+            "runs": [runs[n] for n in VARIANTS if n in runs],
+        }
         out.write_text(json.dumps(result, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(result))
         print(markdown(result), flush=True)

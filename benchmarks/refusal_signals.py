@@ -37,8 +37,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's ragcourse
 sys.path.insert(0, str(HERE))
 
-import ragcourse  # noqa: E402,F401  (sets the OpenMP wait policy before torch loads)
 import refusal_recipes as recipes  # noqa: E402
+
+import ragcourse  # noqa: E402,F401  (sets the OpenMP wait policy before torch loads)
 
 RESULTS = HERE / "results"
 WRONG_REFUSAL_BUDGET = 0.10  # issue 19: wrong refusals at most 10% of the answerable questions
@@ -53,10 +54,12 @@ def auc(positive: list[float], negative: list[float]) -> float:
 
 def policy(rows: list[dict[str, Any]], key: str, threshold: float) -> dict[str, int]:
     refuse = [r["refused"] or r[key] >= threshold for r in rows]
-    return {"right_unanswerable": sum(f for f, r in zip(refuse, rows) if r["kind"] == "unanswerable"),
-            "right_no_oracle": sum(f for f, r in zip(refuse, rows) if r["kind"] == "no-oracle"),
-            "wrong": sum(f for f, r in zip(refuse, rows) if r["kind"] == "answerable"),
-            "correct_kept": sum(r["correct"] and not f for f, r in zip(refuse, rows) if r["kind"] == "answerable")}
+    return {
+        "right_unanswerable": sum(f for f, r in zip(refuse, rows) if r["kind"] == "unanswerable"),
+        "right_no_oracle": sum(f for f, r in zip(refuse, rows) if r["kind"] == "no-oracle"),
+        "wrong": sum(f for f, r in zip(refuse, rows) if r["kind"] == "answerable"),
+        "correct_kept": sum(r["correct"] and not f for f, r in zip(refuse, rows) if r["kind"] == "answerable"),
+    }
 
 
 def best_threshold(rows: list[dict[str, Any]], key: str) -> float:
@@ -71,7 +74,9 @@ def best_threshold(rows: list[dict[str, Any]], key: str) -> float:
     return best
 
 
-def case_rows(cfg: Any, split: Any, adapter: Path, tokenizer: Any, embed: Any, nodes: dict[str, Any]) -> list[dict[str, Any]]:
+def case_rows(
+    cfg: Any, split: Any, adapter: Path, tokenizer: Any, embed: Any, nodes: dict[str, Any]
+) -> list[dict[str, Any]]:
     import numpy as np
     from peft import PeftModel
 
@@ -88,12 +93,25 @@ def case_rows(cfg: Any, split: Any, adapter: Path, tokenizer: Any, embed: Any, n
     rows = []
     for c, a in zip(cases, answers):
         q = np.asarray(embed.get_query_embedding(questions[c["id"].removesuffix("-no-oracle")]))
-        sims = [float(q @ v / (np.linalg.norm(q) * np.linalg.norm(v)))
-                for v in map(np.asarray, embed.get_text_embedding_batch([nodes[i].get_content() for i in passages[c["id"]]]))]
-        rows.append({"id": c["id"], "kind": c["kind"], "answer": a, "refused": prompts.is_refusal(a),
-                     "correct": bool(scoring.is_correct(c["example"], a)),
-                     "margin": round(llm.answer_nll(c["messages"], a) - llm.answer_nll(c["messages"], prompts.NOT_IN_DOCUMENTS), 4),
-                     "neg_similarity": round(-max(sims), 4)})
+        sims = [
+            float(q @ v / (np.linalg.norm(q) * np.linalg.norm(v)))
+            for v in map(
+                np.asarray, embed.get_text_embedding_batch([nodes[i].get_content() for i in passages[c["id"]]])
+            )
+        ]
+        rows.append(
+            {
+                "id": c["id"],
+                "kind": c["kind"],
+                "answer": a,
+                "refused": prompts.is_refusal(a),
+                "correct": bool(scoring.is_correct(c["example"], a)),
+                "margin": round(
+                    llm.answer_nll(c["messages"], a) - llm.answer_nll(c["messages"], prompts.NOT_IN_DOCUMENTS), 4
+                ),
+                "neg_similarity": round(-max(sims), 4),
+            }
+        )
     del model
     models.free_memory()
     return rows
@@ -118,7 +136,10 @@ def run_variant(name: str, root: Path) -> dict[str, Any]:
     for label, key in SIGNALS.items():
         per = {}
         for s, r in rows.items():
-            per[f"auc_{s}"] = round(auc([x[key] for x in r if x["kind"] != "answerable"], [x[key] for x in r if x["kind"] == "answerable"]), 3)
+            per[f"auc_{s}"] = round(
+                auc([x[key] for x in r if x["kind"] != "answerable"], [x[key] for x in r if x["kind"] == "answerable"]),
+                3,
+            )
         chosen = best_threshold(rows["validation"], key)
         per["threshold_from_validation"] = chosen if chosen != float("inf") else None
         per["test_with_validation_threshold"] = policy(rows["test"], key, chosen)
@@ -129,28 +150,41 @@ def run_variant(name: str, root: Path) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"Refusal by threshold on `{recipes.PRESET}` ({result['when']}, {result['machine']}): can a score tell the "
-             f"refusal cases (unanswerable + no-oracle copies) from the answerable questions? Policy: refuse when the model "
-             f"refuses or the score passes the threshold; threshold chosen on the validation split (most right refusals "
-             f"with wrong refusals at most {WRONG_REFUSAL_BUDGET:.0%} of its answerable questions), counted on the test split.", "",
-             "| adapter | signal | AUC validation | AUC test | test: right refusals (unans. + no-oracle) | test: wrong refusals | "
-             "test: answers kept correct | best threshold on test itself: right / wrong |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Refusal by threshold on `{recipes.PRESET}` ({result['when']}, {result['machine']}): can a score tell the "
+        f"refusal cases (unanswerable + no-oracle copies) from the answerable questions? Policy: refuse when the model "
+        f"refuses or the score passes the threshold; threshold chosen on the validation split (most right refusals "
+        f"with wrong refusals at most {WRONG_REFUSAL_BUDGET:.0%} of its answerable questions), counted on the test "
+        "split.",
+        "",
+        "| adapter | signal | AUC validation | AUC test | test: right refusals (unans. + no-oracle) | "
+        "test: wrong refusals | test: answers kept correct | best threshold on test itself: right / wrong |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["runs"]:
         c = r["counts"]["test"]
         g = r["greedy_test"]
-        lines.append(f"| {r['variant']} | greedy answer only | | | {g['right_unanswerable']}/{c['unanswerable']} + "
-                     f"{g['right_no_oracle']}/{c['no-oracle']} | {g['wrong']}/{c['answerable']} | {g['correct_kept']}/{c['answerable']} | |")
+        lines.append(
+            f"| {r['variant']} | greedy answer only | | | {g['right_unanswerable']}/{c['unanswerable']} + "
+            f"{g['right_no_oracle']}/{c['no-oracle']} | {g['wrong']}/{c['answerable']} | "
+            f"{g['correct_kept']}/{c['answerable']} | |"
+        )
         for label, s in r["signals"].items():
             v, o = s["test_with_validation_threshold"], s["test_with_test_threshold"]
-            lines.append(f"| {r['variant']} | {label} | {s['auc_validation']:.2f} | {s['auc_test']:.2f} | "
-                         f"{v['right_unanswerable']}/{c['unanswerable']} + {v['right_no_oracle']}/{c['no-oracle']} | "
-                         f"{v['wrong']}/{c['answerable']} | {v['correct_kept']}/{c['answerable']} | "
-                         f"{o['right_unanswerable'] + o['right_no_oracle']}/{c['unanswerable'] + c['no-oracle']} / {o['wrong']}/{c['answerable']} |")
+            lines.append(
+                f"| {r['variant']} | {label} | {s['auc_validation']:.2f} | {s['auc_test']:.2f} | "
+                f"{v['right_unanswerable']}/{c['unanswerable']} + {v['right_no_oracle']}/{c['no-oracle']} | "
+                f"{v['wrong']}/{c['answerable']} | {v['correct_kept']}/{c['answerable']} | "
+                f"{o['right_unanswerable'] + o['right_no_oracle']}/{c['unanswerable'] + c['no-oracle']} / "
+                f"{o['wrong']}/{c['answerable']} |"
+            )
     first = result["runs"][0]["counts"]["validation"] if result["runs"] else None
     if first:
-        lines += ["", f"Validation split: {first['answerable']} answerable questions, {first['unanswerable']} unanswerable, "
-                      f"{first['no-oracle']} no-oracle copies. AUC 0.5 is chance."]
+        lines += [
+            "",
+            f"Validation split: {first['answerable']} answerable questions, {first['unanswerable']} unanswerable, "
+            f"{first['no-oracle']} no-oracle copies. AUC 0.5 is chance.",
+        ]
     return "\n".join(lines) + "\n"
 
 

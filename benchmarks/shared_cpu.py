@@ -88,8 +88,12 @@ class Competitor:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", COMPETITOR, str(self.threads)], env=policy_env(self.policy),
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", COMPETITOR, str(self.threads)],
+            env=policy_env(self.policy),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.proc.stdout.readline()  # "ready": torch imported, the loop begins
         time.sleep(1.0)
@@ -100,14 +104,23 @@ class Competitor:
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=60)
         iterations, seconds = out.split()[-2:]
-        return {"iterations": int(iterations), "seconds": round(float(seconds), 1),
-                "it_per_s": round(int(iterations) / float(seconds), 2)}
+        return {
+            "iterations": int(iterations),
+            "seconds": round(float(seconds), 1),
+            "it_per_s": round(int(iterations) / float(seconds), 2),
+        }
 
 
 def competitor_alone(threads: int, policy: str, seconds: float = 8.0) -> float:
     """The competitor's iterations per second with the machine to itself."""
-    out = subprocess.run([sys.executable, "-c", COMPETITOR, str(threads), str(seconds)], env=policy_env(policy),
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", COMPETITOR, str(threads), str(seconds)],
+        env=policy_env(policy),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     iterations, elapsed = out.split()[-2:]
     return round(int(iterations) / float(elapsed), 2)
 
@@ -121,8 +134,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from ragcourse import models, runtime
     from ragcourse.train import ensure_pad_token
 
-    cfg = runtime.start("cpu-smoke", quiet=True, paths={"output_root": common.BENCH_ROOT},
-                        training={"torch_threads": args.threads})
+    cfg = runtime.start(
+        "cpu-smoke", quiet=True, paths={"output_root": common.BENCH_ROOT}, training={"torch_threads": args.threads}
+    )
     tokenizer = models.load_tokenizer(cfg)
     ensure_pad_token(tokenizer)
     prompt = common.test_prompts(cfg, tokenizer, 1)
@@ -132,9 +146,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def after_step(log: list[dict[str, Any]], model: Any) -> bool:
         if len(log) == alone_end:  # the alone part is done: answer alone, then make the machine busy
-            out["alone"] = {"train": common.step_stats(log[args.warmup:], args.steps), "generate": generate(model)}
-            print(f"alone: {out['alone']['train']['s_per_step']:.2f} s/step, "
-                  f"{out['alone']['generate']['s_per_prompt']:.2f} s per answer", flush=True)
+            out["alone"] = {"train": common.step_stats(log[args.warmup :], args.steps), "generate": generate(model)}
+            print(
+                f"alone: {out['alone']['train']['s_per_step']:.2f} s/step, "
+                f"{out['alone']['generate']['s_per_prompt']:.2f} s per answer",
+                flush=True,
+            )
             competitor.start()
             return False
         busy = log[alone_end:]
@@ -149,11 +166,19 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         out["busy"] = {"train": common.step_stats(log[alone_end:], args.steps), "generate": generate(trainer.model)}
     finally:
         out["competitor"] = competitor.stop()
-    print(f"busy: {out['busy']['train']['s_per_step']:.2f} s/step, "
-          f"{out['busy']['generate']['s_per_prompt']:.2f} s per answer", flush=True)
-    return {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
-            **out, "worker_s": round(time.perf_counter() - t0, 1), "libraries": common.library_record()}
+    print(
+        f"busy: {out['busy']['train']['s_per_step']:.2f} s/step, "
+        f"{out['busy']['generate']['s_per_prompt']:.2f} s per answer",
+        flush=True,
+    )
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        **out,
+        "worker_s": round(time.perf_counter() - t0, 1),
+        "libraries": common.library_record(),
+    }
 
 
 # -- the parent: every setting, then the table -------------------------------------------------------------------
@@ -183,8 +208,12 @@ def recommendation(runs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     best = [min(t[i] for t in times.values()) for i in range(len(MEASURES))]
     scores = {name: round(sum(v / b for v, b in zip(t, best)), 2) for name, t in times.items()}
     chosen = min(scores, key=scores.get)
-    return {"setting": chosen, "torch_threads": runs[chosen]["threads"], "omp_wait_policy": runs[chosen]["policy"],
-            "scores": scores}
+    return {
+        "setting": chosen,
+        "torch_threads": runs[chosen]["threads"],
+        "omp_wait_policy": runs[chosen]["policy"],
+        "scores": scores,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -197,7 +226,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"one fresh process per setting, alone then busy. Training: the course's trainer on the 4-bit base, batch "
         f"{s['batch_size']}, {s['warmup']} warm-up step(s) not counted, then {s['steps']} step(s) alone and up to "
         f"{s['steps']} busy. Generation: one RAG prompt, {s['new_tokens']} new tokens. Competitor: {c['description']}; "
-        "alone it ran " + ", ".join(f"{v} it/s at {k}" for k, v in c["alone_it_per_s"].items()) + "."
+        "alone it ran "
+        + ", ".join(f"{v} it/s at {k}" for k, v in c["alone_it_per_s"].items())
+        + "."
         + (f" {result['note']}" if result["note"] else ""),
         "",
         "| torch threads | wait (OMP_WAIT_POLICY or spin-N: GOMP_SPINCOUNT=N) | train s/step alone | busy | slowdown "
@@ -222,21 +253,30 @@ def markdown(result: dict[str, Any]) -> str:
         cells.append(f"{100 * speed / alone_speed:.0f}%" if speed and alone_speed else "–")
         cells.append(f"{run['busy_percent_before']:.0f}%")
         lines.append(head + " | ".join(cells) + " |")
-    lines += ["", "(cut): fewer busy steps than asked (past the time cap), or the busy answer stopped early and was "
-              "extrapolated to the full length. Competitor speed: its iterations per second while this run was busy, "
-              "against its speed alone."]
+    lines += [
+        "",
+        "(cut): fewer busy steps than asked (past the time cap), or the busy answer stopped early and was "
+        "extrapolated to the full length. Competitor speed: its iterations per second while this run was busy, "
+        "against its speed alone.",
+    ]
     rec = result.get("recommendation")
     if rec:
-        lines += ["", "Summed relative cost over the four measures (train and answer, alone and busy; each time ÷ the "
-                  "best setting's, so 4.0 would be best everywhere): "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(rec["scores"].items(), key=lambda kv: kv[1]))
-                  + f". Lowest: **torch threads {rec['torch_threads']}, {rec['omp_wait_policy']}**. "
-                  f"The package defaults now: `ragcourse.hardware.DEFAULT_TORCH_THREADS` {DEFAULT_TORCH_THREADS} "
-                  f"(None: torch's own, one thread per core), `DEFAULT_GOMP_SPINCOUNT` {DEFAULT_GOMP_SPINCOUNT}."]
+        lines += [
+            "",
+            "Summed relative cost over the four measures (train and answer, alone and busy; each time ÷ the "
+            "best setting's, so 4.0 would be best everywhere): "
+            + ", ".join(f"{k} {v}" for k, v in sorted(rec["scores"].items(), key=lambda kv: kv[1]))
+            + f". Lowest: **torch threads {rec['torch_threads']}, {rec['omp_wait_policy']}**. "
+            f"The package defaults now: `ragcourse.hardware.DEFAULT_TORCH_THREADS` {DEFAULT_TORCH_THREADS} "
+            f"(None: torch's own, one thread per core), `DEFAULT_GOMP_SPINCOUNT` {DEFAULT_GOMP_SPINCOUNT}.",
+        ]
     before = [r["busy_percent_before"] for r in result["runs"].values()]
     if before and max(before) > 25:
-        lines += ["", f"**The machine was not idle** before a run (up to {max(before):.0f}% busy): its alone rows "
-                  "were not alone."]
+        lines += [
+            "",
+            f"**The machine was not idle** before a run (up to {max(before):.0f}% busy): its alone rows "
+            "were not alone.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +287,12 @@ def main() -> None:
     parser.add_argument("--max-train-s", type=float, default=30.0, help="stop the busy steps after this (>= 1 step)")
     parser.add_argument("--new-tokens", type=int, default=0, help="generated tokens (default: the preset's)")
     parser.add_argument("--max-generate-s", type=float, default=20.0, help="cut a generation after this")
-    parser.add_argument("--competitor", choices=("default", "same"), default="default",
-                        help="default: 2 threads, no wait policy; same: this run's threads and policy")
+    parser.add_argument(
+        "--competitor",
+        choices=("default", "same"),
+        default="default",
+        help="default: 2 threads, no wait policy; same: this run's threads and policy",
+    )
     parser.add_argument("--only", nargs="*", help="settings to run, e.g. t1-default t2-passive (default: all)")
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json, run nothing")
@@ -273,14 +317,28 @@ def main() -> None:
     new_tokens = args.new_tokens or cfg.model.max_new_tokens
     same = args.competitor == "same"
     result: dict[str, Any] = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note, "cpu": common.cpu_record(),
-        "settings": {"warmup": args.warmup, "steps": args.steps, "max_train_s": args.max_train_s,
-                     "new_tokens": new_tokens, "max_generate_s": args.max_generate_s,
-                     "batch_size": cfg.training.per_device_train_batch_size},
-        "competitor": {"kind": args.competitor, "alone_it_per_s": {}, "description": (
-            "a 4-layer transformer training loop with the run's threads and wait policy" if same
-            else "a 4-layer transformer training loop with 2 threads and no wait policy")},
-        "versions": runtime.versions(), "runs": {},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": args.note,
+        "cpu": common.cpu_record(),
+        "settings": {
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "max_train_s": args.max_train_s,
+            "new_tokens": new_tokens,
+            "max_generate_s": args.max_generate_s,
+            "batch_size": cfg.training.per_device_train_batch_size,
+        },
+        "competitor": {
+            "kind": args.competitor,
+            "alone_it_per_s": {},
+            "description": (
+                "a 4-layer transformer training loop with the run's threads and wait policy"
+                if same
+                else "a 4-layer transformer training loop with 2 threads and no wait policy"
+            ),
+        },
+        "versions": runtime.versions(),
+        "runs": {},
     }
     for threads in THREADS:
         for policy in POLICIES:
@@ -292,15 +350,37 @@ def main() -> None:
             if rival_name not in result["competitor"]["alone_it_per_s"]:
                 result["competitor"]["alone_it_per_s"][rival_name] = competitor_alone(*rival)
             before = common.machine_busy(2.0)
-            print(f"== {name} (CPU {before}% busy before; competitor alone "
-                  f"{result['competitor']['alone_it_per_s'][rival_name]} it/s)", flush=True)
-            worker_args = ["--threads", str(threads), "--warmup", str(args.warmup), "--steps", str(args.steps),
-                           "--max-train-s", str(args.max_train_s), "--new-tokens", str(new_tokens),
-                           "--max-generate-s", str(args.max_generate_s), "--competitor-threads", str(rival[0]),
-                           "--competitor-policy", rival[1]]
+            print(
+                f"== {name} (CPU {before}% busy before; competitor alone "
+                f"{result['competitor']['alone_it_per_s'][rival_name]} it/s)",
+                flush=True,
+            )
+            worker_args = [
+                "--threads",
+                str(threads),
+                "--warmup",
+                str(args.warmup),
+                "--steps",
+                str(args.steps),
+                "--max-train-s",
+                str(args.max_train_s),
+                "--new-tokens",
+                str(new_tokens),
+                "--max-generate-s",
+                str(args.max_generate_s),
+                "--competitor-threads",
+                str(rival[0]),
+                "--competitor-policy",
+                rival[1],
+            ]
             run = common.run_worker(Path(__file__), worker_args, policy_env(policy), timeout=1200)
-            result["runs"][name] = {**run, "threads": threads, "policy": policy, "busy_percent_before": before,
-                                    "competitor_setting": rival_name}
+            result["runs"][name] = {
+                **run,
+                "threads": threads,
+                "policy": policy,
+                "busy_percent_before": before,
+                "competitor_setting": rival_name,
+            }
             result["recommendation"] = recommendation(result["runs"])
             common.write_results(result, results_json, markdown)
     result["total_s"] = round(time.perf_counter() - start, 1)

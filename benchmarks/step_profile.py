@@ -104,16 +104,27 @@ def profiled(phase: str, wall: float, prof: Any) -> dict[str, Any]:
     flops = sum(2 * b * m * k * n * count for (b, m, k, n), count in products.items())
     floor = sum(alone_seconds(*shape) * count for shape, count in products.items())
     in_phase = seconds["matrix products"] - unmatched
-    row = {"phase": phase, "wall_s": round(wall, 2), "seconds": {k: round(v, 3) for k, v in seconds.items()},
-           "share": {k: round(v / wall, 3) for k, v in seconds.items()}, "matmul_gflop": round(flops / 1e9, 1),
-           "matmul_gflops_in_phase": round(flops / in_phase / 1e9, 1) if in_phase else None,
-           "matmul_alone_s": round(floor, 3), "matmul_gflops_alone": round(flops / floor / 1e9, 1) if floor else None,
-           "matmul_efficiency": round(floor / in_phase, 3) if in_phase else None,
-           "distinct_shapes": len(products), "products": sum(products.values()),
-           "unmatched_matmul_s": round(unmatched, 3),
-           "top_other_ops": {k: round(v, 3) for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:6]}}
-    print(f"[{MODE}] {phase:8s} {wall:7.2f} s  " + "  ".join(f"{k} {v:.0%}" for k, v in row["share"].items())
-          + f"  matmul {row['matmul_gflops_in_phase']} GFLOP/s (alone {row['matmul_gflops_alone']})", flush=True)
+    row = {
+        "phase": phase,
+        "wall_s": round(wall, 2),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "share": {k: round(v / wall, 3) for k, v in seconds.items()},
+        "matmul_gflop": round(flops / 1e9, 1),
+        "matmul_gflops_in_phase": round(flops / in_phase / 1e9, 1) if in_phase else None,
+        "matmul_alone_s": round(floor, 3),
+        "matmul_gflops_alone": round(flops / floor / 1e9, 1) if floor else None,
+        "matmul_efficiency": round(floor / in_phase, 3) if in_phase else None,
+        "distinct_shapes": len(products),
+        "products": sum(products.values()),
+        "unmatched_matmul_s": round(unmatched, 3),
+        "top_other_ops": {k: round(v, 3) for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:6]},
+    }
+    print(
+        f"[{MODE}] {phase:8s} {wall:7.2f} s  "
+        + "  ".join(f"{k} {v:.0%}" for k, v in row["share"].items())
+        + f"  matmul {row['matmul_gflops_in_phase']} GFLOP/s (alone {row['matmul_gflops_alone']})",
+        flush=True,
+    )
     return row
 
 
@@ -146,8 +157,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     def after_step(log: list[dict[str, Any]], model: Any) -> bool:
         if len(log) == args.warmup:
-            state["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                                   record_shapes=True)
+            state["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
             state["prof"].__enter__()
             state["t0"] = time.perf_counter()
         elif len(log) == args.warmup + args.steps:
@@ -158,8 +168,14 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     trainer, log = common.course_training(cfg, tokenizer, args.warmup + args.steps, after_step=after_step)
     train_row = profiled("train", state["wall"], state["prof"])
-    train_row.update(steps=args.steps, **{k: v for k, v in common.step_stats(log[args.warmup:]).items()
-                                          if k in ("s_per_step", "tokens_per_step", "steps_s")})
+    train_row.update(
+        steps=args.steps,
+        **{
+            k: v
+            for k, v in common.step_stats(log[args.warmup :]).items()
+            if k in ("s_per_step", "tokens_per_step", "steps_s")
+        },
+    )
     rows.append(train_row)
     del trainer, state["prof"]
     models.free_memory()
@@ -172,48 +188,77 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     batch = tokenizer(prompts[:batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         wall, prof = profile(lambda: model(**batch, logits_to_keep=1))  # as generate() prefills
-    rows.append({**profiled("prefill", wall, prof), "prompts": len(prompts[:batch_size]),
-                 "prompt_tokens": int(batch["attention_mask"].sum()), "padded_tokens": int(batch["input_ids"].numel())})
+    rows.append(
+        {
+            **profiled("prefill", wall, prof),
+            "prompts": len(prompts[:batch_size]),
+            "prompt_tokens": int(batch["attention_mask"].sum()),
+            "padded_tokens": int(batch["input_ids"].numel()),
+        }
+    )
     gen: dict[str, Any] = {}
-    wall, prof = profile(lambda: gen.update(common.fixed_generation(model, tokenizer, prompts, args.new_tokens,
-                                                                    batch_size)))
-    rows.append({**profiled("answer", wall, prof), "prompts": gen["prompts"], "new_tokens": gen["new_tokens"],
-                 "s_per_prompt": gen["s_per_prompt"]})
+    wall, prof = profile(
+        lambda: gen.update(common.fixed_generation(model, tokenizer, prompts, args.new_tokens, batch_size))
+    )
+    rows.append(
+        {
+            **profiled("answer", wall, prof),
+            "prompts": gen["prompts"],
+            "new_tokens": gen["new_tokens"],
+            "s_per_prompt": gen["s_per_prompt"],
+        }
+    )
     return {"mode": MODE, "libraries": common.library_record(), "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
     cpu = result["cpu"]
     s = result["settings"]
-    answered = next((r["prompts"] for res in result["modes"].values() for r in res.get("rows", [])
-                     if r["phase"] == "answer"), s["prompts"])
-    lines = [f"Where the time goes on {cpu['model']}, {cpu['cores']} cores ({result['created_at']}), each mode in a "
-             f"fresh process: the cpu-smoke training step (batch {s['batch_size']}, {s['steps']} profiled after "
-             f"{s['warmup']} warm-up), one forward pass over the test split's {answered} RAG prompts in one batch "
-             f"(prefill), and the same prompts answered with {s['new_tokens']} new tokens each. Shares of the wall "
-             "time, from torch's profiler (self time per op).", "",
-             "| mode | phase | wall s | matrix products | attention | 4-bit dequantize | other ops | outside ops | "
-             "products GFLOP/s | the same products alone | efficiency |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    answered = next(
+        (r["prompts"] for res in result["modes"].values() for r in res.get("rows", []) if r["phase"] == "answer"),
+        s["prompts"],
+    )
+    lines = [
+        f"Where the time goes on {cpu['model']}, {cpu['cores']} cores ({result['created_at']}), each mode in a "
+        f"fresh process: the cpu-smoke training step (batch {s['batch_size']}, {s['steps']} profiled after "
+        f"{s['warmup']} warm-up), one forward pass over the test split's {answered} RAG prompts in one batch "
+        f"(prefill), and the same prompts answered with {s['new_tokens']} new tokens each. Shares of the wall "
+        "time, from torch's profiler (self time per op).",
+        "",
+        "| mode | phase | wall s | matrix products | attention | 4-bit dequantize | other ops | outside ops | "
+        "products GFLOP/s | the same products alone | efficiency |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for mode, res in result["modes"].items():
         for r in res.get("rows", []):
             wall = r["wall_s"] / r["steps"] if r["phase"] == "train" else r["wall_s"]
-            label = f"train (per step, {r['tokens_per_step']:.0f} tokens)" if r["phase"] == "train" else (
-                f"prefill ({r['prompt_tokens']} tokens)" if r["phase"] == "prefill" else
-                f"answer ({r['prompts']} × {r['new_tokens'] // max(r['prompts'], 1)} tokens)")
+            label = (
+                f"train (per step, {r['tokens_per_step']:.0f} tokens)"
+                if r["phase"] == "train"
+                else (
+                    f"prefill ({r['prompt_tokens']} tokens)"
+                    if r["phase"] == "prefill"
+                    else f"answer ({r['prompts']} × {r['new_tokens'] // max(r['prompts'], 1)} tokens)"
+                )
+            )
             shares = " | ".join(f"{100 * r['share'][k]:.0f}%" for k in KINDS)
             eff = r["matmul_efficiency"]
-            lines.append(f"| {mode} | {label} | {wall:.2f} | {shares} | {r['matmul_gflops_in_phase']} | "
-                         f"{r['matmul_gflops_alone']} | {'' if eff is None else f'{100 * eff:.0f}%'} |")
+            lines.append(
+                f"| {mode} | {label} | {wall:.2f} | {shares} | {r['matmul_gflops_in_phase']} | "
+                f"{r['matmul_gflops_alone']} | {'' if eff is None else f'{100 * eff:.0f}%'} |"
+            )
     for mode, res in result["modes"].items():
         for r in res.get("rows", []):
             if r["phase"] == "train" and r.get("top_other_ops"):
                 ops = ", ".join(f"`{k}` {v / r['steps']:.2f} s" for k, v in r["top_other_ops"].items())
                 lines.append(f"\nOther ops of a training step ({mode}), the largest: {ops}.")
-    lines += ["", "Products GFLOP/s: the phase's matrix products (2·m·k·n each, as recorded) over the time they took "
-              "in the phase. The same products alone: each recorded shape run again by itself, as many times, on fp32 "
-              "tensors (fastest of 3), the floor this CPU sets for them. Efficiency = that floor ÷ their time in the "
-              "phase."]
+    lines += [
+        "",
+        "Products GFLOP/s: the phase's matrix products (2·m·k·n each, as recorded) over the time they took "
+        "in the phase. The same products alone: each recorded shape run again by itself, as many times, on fp32 "
+        "tensors (fastest of 3), the floor this CPU sets for them. Efficiency = that floor ÷ their time in the "
+        "phase.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -232,12 +277,19 @@ def main() -> None:
     start = time.perf_counter()
     cfg = common.bench_config()
     result: dict[str, Any] = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu": common.cpu_record(),
-        "settings": {"warmup": args.warmup, "steps": args.steps, "prompts": args.prompts,
-                     "new_tokens": args.new_tokens, "batch_size": cfg.training.per_device_train_batch_size},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpu": common.cpu_record(),
+        "settings": {
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "prompts": args.prompts,
+            "new_tokens": args.new_tokens,
+            "batch_size": cfg.training.per_device_train_batch_size,
+        },
         "versions": runtime.versions(),
     }
     common.run_modes(Path(__file__), result, args.modes, RESULTS_JSON, markdown, start)
+
 
 if __name__ == "__main__":
     main()

@@ -58,23 +58,47 @@ class Variant:
     note: str = ""
 
 
-VARIANTS = {v.name: v for v in [
-    Variant("plain", "plain", note="transformers Trainer, padded to max_length, full-sequence loss"),
-    Variant("course", "course", note="ragcourse.train.make_trainer as the notebook runs it"),
-    Variant("course-padding-free", "course", sft={"padding_free": True, "max_length": None},
-            note="padding_free=True (TRL needs max_length=None without packing; every example fits max_length)"),
-    Variant("course-packing", "course", sft={"packing": True},
-            note="packing=True, BFD to max_length (implies padding-free)"),
-    Variant("course-trl-head", "course", trl_head=True,
-            note="TRL's default fused LM head, scoring every position on a CPU (the course before its fix)"),
-    Variant("plain-fp32", "plain", quantized=False, note="plain recipe, fp32 base (no 4-bit)"),
-    Variant("course-fp32", "course", quantized=False, note="course recipe, fp32 base (no 4-bit)"),
-    Variant("course-bf16", "course", quantized=False, dtype="bfloat16", note="course recipe, bf16 base (no 4-bit)"),
-    Variant("plain-2threads", "plain", threads=2, note="plain recipe, 2 torch threads"),
-    Variant("course-2threads", "course", threads=2, note="course recipe, 2 torch threads"),
-]}
-DEFAULT_VARIANTS = ["plain", "course", "course-padding-free", "course-packing", "course-trl-head",
-                    "course-fp32", "plain-fp32", "course-2threads", "plain-2threads"]
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("plain", "plain", note="transformers Trainer, padded to max_length, full-sequence loss"),
+        Variant("course", "course", note="ragcourse.train.make_trainer as the notebook runs it"),
+        Variant(
+            "course-padding-free",
+            "course",
+            sft={"padding_free": True, "max_length": None},
+            note="padding_free=True (TRL needs max_length=None without packing; every example fits max_length)",
+        ),
+        Variant(
+            "course-packing",
+            "course",
+            sft={"packing": True},
+            note="packing=True, BFD to max_length (implies padding-free)",
+        ),
+        Variant(
+            "course-trl-head",
+            "course",
+            trl_head=True,
+            note="TRL's default fused LM head, scoring every position on a CPU (the course before its fix)",
+        ),
+        Variant("plain-fp32", "plain", quantized=False, note="plain recipe, fp32 base (no 4-bit)"),
+        Variant("course-fp32", "course", quantized=False, note="course recipe, fp32 base (no 4-bit)"),
+        Variant("course-bf16", "course", quantized=False, dtype="bfloat16", note="course recipe, bf16 base (no 4-bit)"),
+        Variant("plain-2threads", "plain", threads=2, note="plain recipe, 2 torch threads"),
+        Variant("course-2threads", "course", threads=2, note="course recipe, 2 torch threads"),
+    ]
+}
+DEFAULT_VARIANTS = [
+    "plain",
+    "course",
+    "course-padding-free",
+    "course-packing",
+    "course-trl-head",
+    "course-fp32",
+    "plain-fp32",
+    "course-2threads",
+    "plain-2threads",
+]
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------
@@ -89,8 +113,13 @@ def _batch_stats(inputs: dict[str, Any], pad_id: int) -> dict[str, int]:
         useful = int((ids != pad_id).sum()) if pad_id is not None else processed
     labels = inputs.get("labels")
     loss_tokens = int((labels[..., 1:] != -100).sum()) if labels is not None else 0
-    return {"rows": int(ids.shape[0]), "width": int(ids.shape[-1]), "processed": processed, "useful": useful,
-            "loss_tokens": loss_tokens}
+    return {
+        "rows": int(ids.shape[0]),
+        "width": int(ids.shape[-1]),
+        "processed": processed,
+        "useful": useful,
+        "loss_tokens": loss_tokens,
+    }
 
 
 def _instrument(trainer: Any, pad_id: int) -> list[dict[str, Any]]:
@@ -124,6 +153,7 @@ def _instrument(trainer: Any, pad_id: int) -> list[dict[str, Any]]:
 
 def _plain_dataset(dataset: Any, tokenizer: Any, max_length: int) -> Any:
     """The plain recipe's data: chat template applied to prompt + completion, padded to ``max_length``, labels = ids."""
+
     def encode(example: dict[str, Any]) -> dict[str, Any]:
         text = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
         enc = tokenizer(text, add_special_tokens=False, padding="max_length", truncation=True, max_length=max_length)
@@ -133,7 +163,9 @@ def _plain_dataset(dataset: Any, tokenizer: Any, max_length: int) -> Any:
     return dataset.map(encode, remove_columns=dataset.column_names)
 
 
-def _plain_trainer(cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: Path, max_steps: int, hw: Any) -> Any:
+def _plain_trainer(
+    cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: Path, max_steps: int, hw: Any
+) -> Any:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from ragcourse.train import ensure_pad_token, optimizer_name
@@ -141,27 +173,53 @@ def _plain_trainer(cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_di
     ensure_pad_token(tokenizer)
     t = cfg.training
     args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        optim=optimizer_name(cfg, hw), activation_checkpointing=t.gradient_checkpointing, use_cpu=hw.device == "cpu",
-        eval_strategy="no", save_strategy="no", logging_steps=10_000, seed=t.seed, data_seed=t.seed,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        optim=optimizer_name(cfg, hw),
+        activation_checkpointing=t.gradient_checkpointing,
+        use_cpu=hw.device == "cpu",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=10_000,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     train = _plain_dataset(dataset["train"], tokenizer, cfg.model.max_length)
     return Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator)
 
 
-def _course_trainer(cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: Path, max_steps: int, hw: Any,
-                    sft: dict[str, Any]) -> Any:
+def _course_trainer(
+    cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_dir: Path, max_steps: int, hw: Any, sft: dict[str, Any]
+) -> Any:
     from transformers import EarlyStoppingCallback
 
     from ragcourse.train import make_trainer
 
     # The course's trainer as is, minus evaluation and checkpoints (not part of a training step).
-    trainer = make_trainer(cfg, model, tokenizer, dataset, output_dir, hw=hw, max_steps=max_steps, eval_strategy="no",
-                           save_strategy="no", load_best_model_at_end=False, logging_steps=10_000, disable_tqdm=True,
-                           **sft)
+    trainer = make_trainer(
+        cfg,
+        model,
+        tokenizer,
+        dataset,
+        output_dir,
+        hw=hw,
+        max_steps=max_steps,
+        eval_strategy="no",
+        save_strategy="no",
+        load_best_model_at_end=False,
+        logging_steps=10_000,
+        disable_tqdm=True,
+        **sft,
+    )
     trainer.remove_callback(EarlyStoppingCallback)
     return trainer
 
@@ -169,8 +227,7 @@ def _course_trainer(cfg: Any, model: Any, tokenizer: Any, dataset: Any, output_d
 def run_variant(variant: Variant, warmup: int, steps: int) -> dict[str, Any]:
     import torch
 
-    from ragcourse import runtime
-    from ragcourse import pipeline
+    from ragcourse import pipeline, runtime
     from ragcourse.hardware import detect_hardware
     from ragcourse.models import load_tokenizer
     from ragcourse.train import ensure_pad_token, load_model_for_training
@@ -213,9 +270,14 @@ def run_variant(variant: Variant, warmup: int, steps: int) -> dict[str, Any]:
     tok = {k: sum(s[k] for s in measured) for k in ("processed", "useful", "loss_tokens")}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     result = {
-        **asdict(variant), "torch_threads_in_use": torch.get_num_threads(), "warmup_steps": warmup,
-        "measured_steps": len(measured), "load_s": round(load_s, 2), "trainable_params": trainable,
-        "train_rows": len(trainer.train_dataset), "batch_size": cfg.training.per_device_train_batch_size,
+        **asdict(variant),
+        "torch_threads_in_use": torch.get_num_threads(),
+        "warmup_steps": warmup,
+        "measured_steps": len(measured),
+        "load_s": round(load_s, 2),
+        "trainable_params": trainable,
+        "train_rows": len(trainer.train_dataset),
+        "batch_size": cfg.training.per_device_train_batch_size,
         "s_per_step_median": round(statistics.median(s["wall_s"] for s in measured), 3),
         "s_per_step_mean": round(wall / len(measured), 3),
         "cpu_s_per_step_mean": round(cpu / len(measured), 3),
@@ -258,11 +320,17 @@ def ratios(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for label, a, b in RATIOS:
         if a in rows and b in rows:
             ra, rb = rows[a], rows[b]
-            out.append({"comparison": label, "numerator": a, "denominator": b,
-                        "useful_tok_per_s": round(ra["useful_tok_per_s"] / rb["useful_tok_per_s"], 2),
-                        "processed_tok_per_s": round(ra["processed_tok_per_s"] / rb["processed_tok_per_s"], 2),
-                        "useful_tok_per_cpu_s": round(ra["useful_tok_per_cpu_s"] / rb["useful_tok_per_cpu_s"], 2),
-                        "s_per_step": round(ra["s_per_step_mean"] / rb["s_per_step_mean"], 2)})
+            out.append(
+                {
+                    "comparison": label,
+                    "numerator": a,
+                    "denominator": b,
+                    "useful_tok_per_s": round(ra["useful_tok_per_s"] / rb["useful_tok_per_s"], 2),
+                    "processed_tok_per_s": round(ra["processed_tok_per_s"] / rb["processed_tok_per_s"], 2),
+                    "useful_tok_per_cpu_s": round(ra["useful_tok_per_cpu_s"] / rb["useful_tok_per_cpu_s"], 2),
+                    "s_per_step": round(ra["s_per_step_mean"] / rb["s_per_step_mean"], 2),
+                }
+            )
     return out
 
 
@@ -271,22 +339,32 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Training throughput on {result['machine']} ({result['created_at']}); "
         f"{result['warmup_steps']} warm-up + {result['measured_steps']} measured steps per variant, batch "
-        f"{next(iter(rows.values()))['batch_size']}, SmolLM2-135M (cpu-smoke), LoRA {result.get('lora', '')}. {result['note']}",
+        f"{next(iter(rows.values()))['batch_size']}, SmolLM2-135M (cpu-smoke), LoRA {result.get('lora', '')}. "
+        f"{result['note']}",
         "",
-        "| variant | base | threads | s/step | processed tok/s | useful tok/s | useful tok/CPU-s | padding | tokens/step (loss) |",
+        "| variant | base | threads | s/step | processed tok/s | useful tok/s | useful tok/CPU-s | padding | "
+        "tokens/step (loss) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows.values():
         base = "4-bit NF4" if r["quantized"] else ("bf16" if r["dtype"] == "bfloat16" else "fp32")
-        lines.append(f"| {r['name']} | {base} | {r['threads']} | {r['s_per_step_mean']:.2f} | {r['processed_tok_per_s']:.0f} | "
-                     f"{r['useful_tok_per_s']:.0f} | {r['useful_tok_per_cpu_s']:.0f} | {r['padding_%']:.1f}% | "
-                     f"{r['processed_tokens_per_step']:.0f} ({r['loss_tokens_per_step']:.0f}) |")
+        lines.append(
+            f"| {r['name']} | {base} | {r['threads']} | {r['s_per_step_mean']:.2f} | {r['processed_tok_per_s']:.0f} | "
+            f"{r['useful_tok_per_s']:.0f} | {r['useful_tok_per_cpu_s']:.0f} | {r['padding_%']:.1f}% | "
+            f"{r['processed_tokens_per_step']:.0f} ({r['loss_tokens_per_step']:.0f}) |"
+        )
     rat = result["ratios"]
     if rat:
-        lines += ["", "| ratio (A / B) | useful tok/s | processed tok/s | useful tok/CPU-s | s/step |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| ratio (A / B) | useful tok/s | processed tok/s | useful tok/CPU-s | s/step |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in rat:
-            lines.append(f"| {r['comparison']} ({r['numerator']} / {r['denominator']}) | {r['useful_tok_per_s']:.2f} | "
-                         f"{r['processed_tok_per_s']:.2f} | {r['useful_tok_per_cpu_s']:.2f} | {r['s_per_step']:.2f} |")
+            lines.append(
+                f"| {r['comparison']} ({r['numerator']} / {r['denominator']}) | {r['useful_tok_per_s']:.2f} | "
+                f"{r['processed_tok_per_s']:.2f} | {r['useful_tok_per_cpu_s']:.2f} | {r['s_per_step']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -294,17 +372,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=int, default=3, help="steps per variant not counted (default 3)")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per variant (default 5)")
-    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=sorted(VARIANTS),
-                        help=f"default: {' '.join(DEFAULT_VARIANTS)}")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=DEFAULT_VARIANTS,
+        choices=sorted(VARIANTS),
+        help=f"default: {' '.join(DEFAULT_VARIANTS)}",
+    )
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared, nice 19')")
     args = parser.parse_args()
 
     from ragcourse import runtime
 
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()} CPU, {__import__('os').cpu_count()} cores", "note": args.note,
-        "warmup_steps": args.warmup, "measured_steps": args.steps, "variants": {}, "ratios": [],
-        "versions": runtime.versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": f"{platform.machine()} CPU, {__import__('os').cpu_count()} cores",
+        "note": args.note,
+        "warmup_steps": args.warmup,
+        "measured_steps": args.steps,
+        "variants": {},
+        "ratios": [],
+        "versions": runtime.versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     from ragcourse.config import load_config
 
@@ -319,10 +407,12 @@ def main() -> None:
         result["ratios"] = ratios(result["variants"])
         RESULTS_JSON.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         RESULTS_MD.write_text(markdown(result), encoding="utf-8")
-        print(f"{name:22s} {r['s_per_step_mean']:6.2f} s/step  processed {r['processed_tok_per_s']:6.0f} tok/s  "
-              f"useful {r['useful_tok_per_s']:6.0f} tok/s  useful/CPU-s {r['useful_tok_per_cpu_s']:6.0f}  "
-              f"padding {r['padding_%']:4.1f}%  loss {r['steps'][-1]['loss']:.3f}  ({time.perf_counter() - t0:.0f} s)",
-              flush=True)
+        print(
+            f"{name:22s} {r['s_per_step_mean']:6.2f} s/step  processed {r['processed_tok_per_s']:6.0f} tok/s  "
+            f"useful {r['useful_tok_per_s']:6.0f} tok/s  useful/CPU-s {r['useful_tok_per_cpu_s']:6.0f}  "
+            f"padding {r['padding_%']:4.1f}%  loss {r['steps'][-1]['loss']:.3f}  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     print(markdown(result))
     print(f"written to {RESULTS_JSON} and {RESULTS_MD}")
 

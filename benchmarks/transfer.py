@@ -39,7 +39,9 @@ PRESET = "cpu-smoke"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--adapter", default=None, help="adapter folder (default: the preset's outputs/<preset>/adapter)")
+    parser.add_argument(
+        "--adapter", default=None, help="adapter folder (default: the preset's outputs/<preset>/adapter)"
+    )
     parser.add_argument("--name", default=None, help="a label for the adapter in the result (default: its recipe)")
     parser.add_argument("--questions", type=int, default=60)
     parser.add_argument("--out", default=str(RESULTS / f"transfer_{PRESET}.json"))
@@ -56,16 +58,27 @@ def main() -> None:
     course = load_config(PRESET)
     adapter = Path(args.adapter) if args.adapter else course.artifact_dir("adapter")
     if not (adapter / "adapter_config.json").is_file():
-        raise SystemExit(f"No adapter at {adapter}: train one first (`ragcourse train --preset {PRESET}`), or pass --adapter.")
+        raise SystemExit(
+            f"No adapter at {adapter}: train one first (`ragcourse train --preset {PRESET}`), or pass --adapter."
+        )
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         realdocs.build_real_docs(root / "docs")
-        cfg = load_config(PRESET, data={"corpus_dir": str(root / "docs"), "qa_dir": str(root / "qa")},
-                          paths={"output_root": str(root / "outputs")})
-        tokenizer = models.load_tokenizer(cfg, str(adapter)) if (adapter / "tokenizer_config.json").is_file() else models.load_tokenizer(cfg)
+        cfg = load_config(
+            PRESET,
+            data={"corpus_dir": str(root / "docs"), "qa_dir": str(root / "qa")},
+            paths={"output_root": str(root / "outputs")},
+        )
+        tokenizer = (
+            models.load_tokenizer(cfg, str(adapter))
+            if (adapter / "tokenizer_config.json").is_file()
+            else models.load_tokenizer(cfg)
+        )
         docs = data.load_documents(cfg.data.corpus_dir)
-        chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, tokenizer=data.token_counter(tokenizer))
+        chunks = data.chunk_documents(
+            docs, cfg.data.chunk_size, cfg.data.chunk_overlap, tokenizer=data.token_counter(tokenizer)
+        )
         realdocs.write_reference_qa(docs, root / "qa", n=args.questions)
         items = []
         for item in data.load_qa(cfg.data.qa_dir):  # a sentence no chunk holds whole (markup, a cut) is left out
@@ -88,8 +101,9 @@ def main() -> None:
             model = models.load_for_answers(cfg)
             if with_adapter:
                 model = PeftModel.from_pretrained(model, str(adapter))
-            answers = evaluate.answer_questions(model, tokenizer, cfg.model.system_prompt, examples, retrieve,
-                                                cfg.model.max_new_tokens)
+            answers = evaluate.answer_questions(
+                model, tokenizer, cfg.model.system_prompt, examples, retrieve, cfg.model.max_new_tokens
+            )
             rows[name] = evaluate.score_rows(examples, answers, name)
             del model
             models.free_memory()
@@ -108,17 +122,31 @@ def main() -> None:
         }
     diffs = {}
     for metric in ("token_f1", "answer_correct"):
-        d = evaluate.paired_comparison([r[metric] for r in rows["tuned + RAG"]], [r[metric] for r in rows["base + RAG"]], metric)
-        diffs[metric] = {"mean": round(d.mean_difference, 3), "low": round(d.low, 3), "high": round(d.high, 3),
-                         "wins": d.wins, "losses": d.losses, "p_value": round(d.p_value, 4)}
+        d = evaluate.paired_comparison(
+            [r[metric] for r in rows["tuned + RAG"]], [r[metric] for r in rows["base + RAG"]], metric
+        )
+        diffs[metric] = {
+            "mean": round(d.mean_difference, 3),
+            "low": round(d.low, 3),
+            "high": round(d.high, 3),
+            "wins": d.wins,
+            "losses": d.losses,
+            "p_value": round(d.p_value, 4),
+        }
+    data_knobs = {k: getattr(course.data, k) for k in ("oracle_fraction", "refusal_share", "refusal_source")}
     result = {
-        "when": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU", "preset": PRESET,
-        "adapter": args.name or f"{PRESET} adapter ({style}; data: {json.dumps({k: getattr(course.data, k) for k in ('oracle_fraction', 'refusal_share', 'refusal_source')})})",
-        "corpus": {"documents": n_docs, "chunks": n_chunks, "questions": len(items),
-                   "retrieval_hit": sum(hits)},
-        "conditions": per, "tuned_minus_base": diffs, "seconds": round(time.perf_counter() - t_start),
-        "examples": [{"question": a["question"], "reference": a["reference"], "base": a["answer"], "tuned": b["answer"]}
-                     for a, b in zip(rows["base + RAG"][:12], rows["tuned + RAG"][:12])],
+        "when": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} CPU",
+        "preset": PRESET,
+        "adapter": args.name or f"{PRESET} adapter ({style}; data: {json.dumps(data_knobs)})",
+        "corpus": {"documents": n_docs, "chunks": n_chunks, "questions": len(items), "retrieval_hit": sum(hits)},
+        "conditions": per,
+        "tuned_minus_base": diffs,
+        "seconds": round(time.perf_counter() - t_start),
+        "examples": [
+            {"question": a["question"], "reference": a["reference"], "base": a["answer"], "tuned": b["answer"]}
+            for a, b in zip(rows["base + RAG"][:12], rows["tuned + RAG"][:12])
+        ],
     }
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -129,19 +157,32 @@ def main() -> None:
 def markdown(r: dict[str, Any]) -> str:
     c = r["corpus"]
     n = c["questions"]
-    lines = [f"Transfer to an unseen domain ({r['when']}, {r['machine']}): the {r['adapter']}, unchanged, on "
-             f"{c['documents']} installed packages' READMEs ({c['chunks']} chunks), {n} reference questions made from "
-             f"them without an LLM; retrieval's top passages hold the reference sentence for {c['retrieval_hit']} of {n}. "
-             f"95% bootstrap intervals; {r['seconds']} s in all.", "",
-             "| condition | token F1 vs reference | key fact in answer | trained form (cites a passage) | refusals (of which retrieval hit) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Transfer to an unseen domain ({r['when']}, {r['machine']}): the {r['adapter']}, unchanged, on "
+        f"{c['documents']} installed packages' READMEs ({c['chunks']} chunks), {n} reference questions made from "
+        f"them without an LLM; retrieval's top passages hold the reference sentence for {c['retrieval_hit']} of {n}. "
+        f"95% bootstrap intervals; {r['seconds']} s in all.",
+        "",
+        "| condition | token F1 vs reference | key fact in answer | trained form (cites a passage) | "
+        "refusals (of which retrieval hit) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, s in r["conditions"].items():
         f1, ac = s["token_f1"], s["answer_correct"]
-        lines.append(f"| {name} | {f1[0]:.3f} [{f1[1]:.3f}, {f1[2]:.3f}] | {ac[0]:.2f} [{ac[1]:.2f}, {ac[2]:.2f}] | "
-                     f"{s['trained_form']}/{n} | {s['refused']}/{n} ({s['refused_when_retrieval_hit']}) |")
-    lines += ["", "| tuned + RAG − base + RAG | mean | 95% interval | better / worse | sign test p |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | {f1[0]:.3f} [{f1[1]:.3f}, {f1[2]:.3f}] | {ac[0]:.2f} [{ac[1]:.2f}, {ac[2]:.2f}] | "
+            f"{s['trained_form']}/{n} | {s['refused']}/{n} ({s['refused_when_retrieval_hit']}) |"
+        )
+    lines += [
+        "",
+        "| tuned + RAG − base + RAG | mean | 95% interval | better / worse | sign test p |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for metric, d in r["tuned_minus_base"].items():
-        lines.append(f"| {metric} | {d['mean']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | {d['wins']} / {d['losses']} | {d['p_value']:.3f} |")
+        lines.append(
+            f"| {metric} | {d['mean']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | {d['wins']} / {d['losses']} | "
+            f"{d['p_value']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

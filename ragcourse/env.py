@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import platform
 import os
+import platform
 from pathlib import Path
 
 TELEMETRY_OFF = {
@@ -89,8 +89,17 @@ def checkpointing_args(enabled: bool, args_class: type | None = None) -> dict[st
 
 
 TESTED_PACKAGES = (
-    "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets",
-    "llama-index-core", "ragas", "sentence-transformers", "nbval",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "llama-index-core",
+    "ragas",
+    "sentence-transformers",
+    "nbval",
 )
 
 

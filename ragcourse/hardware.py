@@ -26,11 +26,15 @@ class Hardware:
     def summary(self) -> str:
         if self.device == "cuda":
             cc = ".".join(map(str, self.compute_capability or ()))
-            return (f"GPU {self.gpu_name} (compute {cc}, {self.gpu_free_gb:.1f}/{self.gpu_total_gb:.1f} GB free, "
-                    f"bf16={'yes' if self.bf16 else 'no'}), {self.cpu_cores} CPU cores")
-        return (f"{self.device.upper()} only: {self.cpu_cores} cores ({self.cpu_isa} kernels, "
-                f"bf16 {'in hardware' if self.cpu_bf16 else 'emulated'}), torch threads {self.torch_threads}, "
-                f"RAM {self.ram_gb:.0f} GB")
+            return (
+                f"GPU {self.gpu_name} (compute {cc}, {self.gpu_free_gb:.1f}/{self.gpu_total_gb:.1f} GB free, "
+                f"bf16={'yes' if self.bf16 else 'no'}), {self.cpu_cores} CPU cores"
+            )
+        return (
+            f"{self.device.upper()} only: {self.cpu_cores} cores ({self.cpu_isa} kernels, "
+            f"bf16 {'in hardware' if self.cpu_bf16 else 'emulated'}), torch threads {self.torch_threads}, "
+            f"RAM {self.ram_gb:.0f} GB"
+        )
 
 
 def in_colab() -> bool:
@@ -74,8 +78,20 @@ def detect_hardware() -> Hardware:
         )
     device = "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu"
     kernels = cpu_kernels()
-    return Hardware(device, None, None, False, None, None, cores, torch.get_num_threads(), ram_gb, in_colab(),
-                    cpu_isa=kernels.isa, cpu_bf16=kernels.bf16)
+    return Hardware(
+        device,
+        None,
+        None,
+        False,
+        None,
+        None,
+        cores,
+        torch.get_num_threads(),
+        ram_gb,
+        in_colab(),
+        cpu_isa=kernels.isa,
+        cpu_bf16=kernels.bf16,
+    )
 
 
 # -- the CPU: which kernels it gives torch, and what the course runs on it (issue 20) ----------------------------
@@ -105,8 +121,9 @@ class CpuKernels:
     bf16: bool
 
 
-def cpu_kernels(flags: frozenset[str] | None = None, capability: str | None = None,
-                onednn_max_isa: str | None = None) -> CpuKernels:
+def cpu_kernels(
+    flags: frozenset[str] | None = None, capability: str | None = None, onednn_max_isa: str | None = None
+) -> CpuKernels:
     """Torch's kernel set here, and bf16 in hardware: an AVX512-BF16 or AMX flag, AVX-512 kernels in use, and oneDNN
     (torch's bf16 GEMM) not held below them by ``ONEDNN_MAX_CPU_ISA``. benchmarks/cpu_phases.py measures why it
     matters: emulated bf16 matmuls run at a small fraction of fp32's speed, real ones several times faster."""
@@ -130,23 +147,30 @@ def cpu_recipe(hw: Hardware, load_in_4bit: bool, four_bit_compute: str = "auto",
     promise would hold on some CPUs and not others. ``model.torch_dtype: bfloat16`` opts in.
     """
     answer = compute_dtype_name(hw, model_dtype)
-    train = (f"4-bit NF4 base, {compute_dtype_name(hw, four_bit_compute)} compute" if load_in_4bit
-             else f"{compute_dtype_name(hw, model_dtype)} base")
+    train = (
+        f"4-bit NF4 base, {compute_dtype_name(hw, four_bit_compute)} compute"
+        if load_in_4bit
+        else f"{compute_dtype_name(hw, model_dtype)} base"
+    )
     weights = f"the 4-bit weights unpacked once to {answer}" if load_in_4bit else f"{answer} weights"
-    return (f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
-            f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; "
-            f"{wait_sentence()}.")
+    return (
+        f"This CPU runs torch's {hw.cpu_isa} kernels, bf16 {'in hardware' if hw.cpu_bf16 else 'emulated'}: "
+        f"training on a {train}; answering with {weights}, {generation_batch('cpu')} prompts at a time; "
+        f"{wait_sentence()}."
+    )
 
 
-# How many prompts ``models.generate`` answers at once. On a GPU 8 (the memory plan's evaluation phase counts on it). On a
-# CPU, where every decoding step pays a fixed cost, the whole cpu-smoke test split (31 prompts) goes in one batch: the
-# same greedy answers in less time (2026-12-02, 2 cores: 35 s instead of 49 s for the base model from unpacked weights,
-# 53 s instead of 70 s for the adapter on the 4-bit base; the course: benchmarks/results/course_compare_cpu-smoke.md).
+# How many prompts ``models.generate`` answers at once. On a GPU 8 (the memory plan's evaluation phase counts on it).
+# On a CPU, where every decoding step pays a fixed cost, the whole cpu-smoke test split (31 prompts) goes in one batch:
+# the same greedy answers in less time (2026-12-02, 2 cores: 35 s instead of 49 s for the base model from unpacked
+# weights, 53 s instead of 70 s for the adapter on the 4-bit base; the course:
+# benchmarks/results/course_compare_cpu-smoke.md).
 GENERATION_BATCH = {"cuda": 8, "cpu": 32}
 
 
 def generation_batch(device: str) -> int:
-    """:data:`GENERATION_BATCH` for a torch device type ("cuda", "cpu", "mps": Apple's GPU shares host memory like a CPU)."""
+    """:data:`GENERATION_BATCH` for a torch device type ("cuda", "cpu", "mps": Apple's GPU shares host memory like a
+    CPU)."""
     return GENERATION_BATCH["cuda" if device == "cuda" else "cpu"]
 
 
@@ -255,11 +279,15 @@ def busy_cpu_warning(busy_percent: float, hw: Hardware, policy: str | None = Non
         return None
     fix = "close the other notebook kernel or program"
     if (policy or wait_policy()) != "PASSIVE" and hw.torch_threads > 1:
-        fix += (", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set and GOMP_SPINCOUNT unset (libgomp reads a "
-                "spin count first) before torch is imported (before `import ragcourse`, which otherwise sets a short "
-                "spin) so that idle threads sleep at once instead of spinning against the other process")
-    return (f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
-            f"here can run several times slower: {fix}.")
+        fix += (
+            ", or restart this kernel with OMP_WAIT_POLICY=PASSIVE set and GOMP_SPINCOUNT unset (libgomp reads a "
+            "spin count first) before torch is imported (before `import ragcourse`, which otherwise sets a short "
+            "spin) so that idle threads sleep at once instead of spinning against the other process"
+        )
+    return (
+        f"Warning: other processes already keep this CPU {busy_percent:.0f}% busy, so training and generation "
+        f"here can run several times slower: {fix}."
+    )
 
 
 # -- a GPU preset without a usable GPU: say why, once, instead of falling back to the CPU (issue 31) -------------------
@@ -284,8 +312,12 @@ def nvidia_driver_version() -> str | None:
     except OSError:
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=15)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     lines = out.stdout.split()
@@ -296,29 +328,40 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-def cuda_unusable_reason(torch_version: str, torch_cuda: str | None, driver: str | None,
-                         visible_devices: str | None = None) -> str:
+def cuda_unusable_reason(
+    torch_version: str, torch_cuda: str | None, driver: str | None, visible_devices: str | None = None
+) -> str:
     """Why torch sees no CUDA GPU here, with the fix, in one clause (notebook 00, "Check the runtime"): no NVIDIA
     driver, a CPU-only torch, GPUs hidden by ``CUDA_VISIBLE_DEVICES``, or a driver too old for torch's CUDA build."""
     if driver is None:
-        return ("no NVIDIA GPU here (no NVIDIA driver answers): choose the cpu-smoke preset, or a GPU runtime "
-                "(Colab: Runtime > Change runtime type > T4 GPU)")
+        return (
+            "no NVIDIA GPU here (no NVIDIA driver answers): choose the cpu-smoke preset, or a GPU runtime "
+            "(Colab: Runtime > Change runtime type > T4 GPU)"
+        )
     if torch_cuda is None:
-        return (f"torch {torch_version} is a CPU-only build, though NVIDIA driver {driver} is present: install a CUDA "
-                f"build of torch for the CUDA version `nvidia-smi` shows (the command for each: {TORCH_BUILDS})")
+        return (
+            f"torch {torch_version} is a CPU-only build, though NVIDIA driver {driver} is present: install a CUDA "
+            f"build of torch for the CUDA version `nvidia-smi` shows (the command for each: {TORCH_BUILDS})"
+        )
     if visible_devices is not None and visible_devices.strip() in ("", "-1"):
-        return (f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides every GPU from torch: unset it, or set it to a GPU's "
-                f"index (e.g. 0)")
+        return (
+            f"CUDA_VISIBLE_DEVICES={visible_devices!r} hides every GPU from torch: unset it, or set it to a GPU's "
+            f"index (e.g. 0)"
+        )
     major = int(torch_cuda.split(".")[0])
     needed = MIN_DRIVER_FOR_CUDA.get(major)
     if needed and driver != "unknown" and _version_tuple(driver)[:2] >= needed:
-        return (f"torch {torch_version} (CUDA {torch_cuda}) cannot use the GPU although NVIDIA driver {driver} "
-                f"supports CUDA {major}: run `nvidia-smi` to see whether the GPU is visible and healthy here")
+        return (
+            f"torch {torch_version} (CUDA {torch_cuda}) cannot use the GPU although NVIDIA driver {driver} "
+            f"supports CUDA {major}: run `nvidia-smi` to see whether the GPU is visible and healthy here"
+        )
     oldest = f" (CUDA {major} needs driver {'.'.join(map(str, needed))} or newer)" if needed else ""
     named = "the NVIDIA driver" if driver == "unknown" else f"NVIDIA driver {driver}"
-    return (f"driver/CUDA mismatch: torch {torch_version} is built for CUDA {torch_cuda}, and {named} is too old for "
-            f"it{oldest}: update the driver, or install a torch build for the CUDA version your driver supports, which "
-            f"`nvidia-smi` shows (the command for each: {TORCH_BUILDS})")
+    return (
+        f"driver/CUDA mismatch: torch {torch_version} is built for CUDA {torch_cuda}, and {named} is too old for "
+        f"it{oldest}: update the driver, or install a torch build for the CUDA version your driver supports, which "
+        f"`nvidia-smi` shows (the command for each: {TORCH_BUILDS})"
+    )
 
 
 def why_no_cuda() -> str | None:
@@ -327,8 +370,9 @@ def why_no_cuda() -> str | None:
 
     if torch.cuda.is_available():
         return None
-    return cuda_unusable_reason(torch.__version__, torch.version.cuda, nvidia_driver_version(),
-                                os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return cuda_unusable_reason(
+        torch.__version__, torch.version.cuda, nvidia_driver_version(), os.environ.get("CUDA_VISIBLE_DEVICES")
+    )
 
 
 def check_preset_hardware(preset: str, needs_cuda: bool, hw: Hardware) -> None:
@@ -345,8 +389,10 @@ def cpu_fallback_note(hw: Hardware) -> str | None:
     preset was not picked): why CUDA is unusable and the fix. None where there is a usable GPU or no driver at all."""
     if hw.device == "cuda" or nvidia_driver_version() is None:
         return None
-    return (f"Note: an NVIDIA driver is present, yet torch cannot use the GPU, so cpu-smoke runs on the CPU: "
-            f"{why_no_cuda()}.")
+    return (
+        f"Note: an NVIDIA driver is present, yet torch cannot use the GPU, so cpu-smoke runs on the CPU: "
+        f"{why_no_cuda()}."
+    )
 
 
 def auto_preset(hw: Hardware | None = None) -> str:

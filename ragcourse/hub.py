@@ -37,8 +37,12 @@ def push(cfg: CourseConfig, step: str, repo_id: str, private: bool = True) -> st
         raise FileNotFoundError(f"No {step} in {folder} to push: build it first (ragcourse {step} or its notebook).")
     api = HfApi(token=secret(TOKEN))
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=f"{cfg.preset}/{step}",
-                      commit_message=f"ragcourse push: {cfg.preset}/{step}")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        path_in_repo=f"{cfg.preset}/{step}",
+        commit_message=f"ragcourse push: {cfg.preset}/{step}",
+    )
     return f"https://huggingface.co/{repo_id}/tree/main/{cfg.preset}/{step}"
 
 
@@ -62,10 +66,14 @@ def faster_ways(cfg: CourseConfig, step: str) -> list[str]:
 
     ways = []
     if in_colab() and not cfg.output_dir.is_relative_to(DRIVE_OUTPUTS):
-        ways.append("keep outputs on Google Drive (answer yes in the setup cell, or set the Colab secret "
-                    "RAGCOURSE_STORAGE=drive), so the notebook that built it leaves it where this one looks")
-    ways += [f"`ragcourse pull --preset {cfg.preset} --repo <you>/<repo> {step}` where it was pushed after it was "
-             f"built (`ragcourse push`)",
-             f"set paths.prebuilt to hf://<owner>/<repo>, a folder or an archive holding [{cfg.preset}/]{step} "
-             "(an instructor's pre-built artifacts)"]
+        ways.append(
+            "keep outputs on Google Drive (answer yes in the setup cell, or set the Colab secret "
+            "RAGCOURSE_STORAGE=drive), so the notebook that built it leaves it where this one looks"
+        )
+    ways += [
+        f"`ragcourse pull --preset {cfg.preset} --repo <you>/<repo> {step}` where it was pushed after it was "
+        f"built (`ragcourse push`)",
+        f"set paths.prebuilt to hf://<owner>/<repo>, a folder or an archive holding [{cfg.preset}/]{step} "
+        "(an instructor's pre-built artifacts)",
+    ]
     return ways

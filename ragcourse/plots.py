@@ -22,8 +22,9 @@ def can_draw_live(shell: Any = None) -> bool:
         shell = get_ipython()
     if shell is None:
         return False
-    return (getattr(shell, "kernel", None) is not None
-            or any(cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__))
+    return getattr(shell, "kernel", None) is not None or any(
+        cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__
+    )
 
 
 def _finish(fig: Any, path: str | Path | None) -> Any:
@@ -91,20 +92,35 @@ def lora_parameters_vs_rank(table: Any, path: str | Path | None = None):
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("trainable parameters")
-    for ax in list(axes.flat)[len(models):]:
+    for ax in list(axes.flat)[len(models) :]:
         ax.set_visible(False)
     axes.flat[0].legend(title="target_modules", fontsize=8)
     return _finish(fig, path)
 
 
-def memory_breakdown(table: Any, gpu_limits: Mapping[str, float], path: str | Path | None = None,
-                     title: str = "Predicted peak training memory"):
+def memory_breakdown(
+    table: Any,
+    gpu_limits: Mapping[str, float],
+    path: str | Path | None = None,
+    title: str = "Predicted peak training memory",
+):
     """Stacked bars of the memory estimate per setup (GiB), with each GPU class's memory drawn in (notebook 02).
     ``table``: one row per setup, one column per component (``memory.estimate_table``)."""
     import matplotlib.pyplot as plt
 
-    components = [c for c in ("weights", "quant_constants", "lora_params", "gradients", "optimizer_states",
-                              "activations", "overhead") if c in table.columns]
+    components = [
+        c
+        for c in (
+            "weights",
+            "quant_constants",
+            "lora_params",
+            "gradients",
+            "optimizer_states",
+            "activations",
+            "overhead",
+        )
+        if c in table.columns
+    ]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(table) + 3), 4.5))
     bottom = [0.0] * len(table)
     labels = list(table.index)
@@ -157,8 +173,12 @@ def grouped_bars(table: Any, conditions: Sequence[str], metrics: Sequence[str], 
     return _finish(fig, path)
 
 
-def retrieval_at_k(table: Any, configured_k: int | None = None, path: str | Path | None = None,
-                   title: str = "Retrieval quality on the test split"):
+def retrieval_at_k(
+    table: Any,
+    configured_k: int | None = None,
+    path: str | Path | None = None,
+    title: str = "Retrieval quality on the test split",
+):
     """Hit rate and MRR against k, one line per retriever (notebook 05). ``table``: ``rag.retrieval_quality``'s
     long table (retriever, k, hit_rate, mrr); ``configured_k`` (``rag.similarity_top_k``) is drawn in."""
     import matplotlib.pyplot as plt

@@ -20,9 +20,26 @@ if TYPE_CHECKING:  # pragma: no cover
     from llama_index.core.schema import TextNode
 
 DEFAULT_PACKAGES = (
-    "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "llama-index-core", "ragas",
-    "sentence-transformers", "safetensors", "tokenizers", "huggingface-hub", "pandas", "rapidfuzz", "datasketch",
-    "pypdf", "nbval", "pytest", "tqdm", "bm25s",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "bitsandbytes",
+    "llama-index-core",
+    "ragas",
+    "sentence-transformers",
+    "safetensors",
+    "tokenizers",
+    "huggingface-hub",
+    "pandas",
+    "rapidfuzz",
+    "datasketch",
+    "pypdf",
+    "nbval",
+    "pytest",
+    "tqdm",
+    "bm25s",
 )
 
 
@@ -49,7 +66,9 @@ def build_real_docs(dest: Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, mi
 # -- evaluation queries made from the documentation itself (benchmarks/retrieval_quality.py) -----------------
 
 CODE_SPAN = re.compile(r"``?([^`\s][^`\n]{0,58}[^`\s])``?(?!_)")  # not an RST link (`text <url>`__)
-BARE_IDENTIFIER = re.compile(r"(?<![\w./`:-])(--[a-z][a-z0-9]+(?:[-_][a-z0-9]+)*|[a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w/`:-])")
+BARE_IDENTIFIER = re.compile(
+    r"(?<![\w./`:-])(--[a-z][a-z0-9]+(?:[-_][a-z0-9]+)*|[a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w/`:-])"
+)
 IDENTIFIER = re.compile(r"--[a-z][\w-]+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?:\(\))?")
 _PROSE_WORD = re.compile(r"[(\"']?[A-Za-z][A-Za-z'-]*[,.;:!?)\"']*")
 _NOT_PROSE = (">>>", "$ ", "|", ".. ", "<", "- [", "[!", "> [!")
@@ -70,8 +89,11 @@ def _list_items(lines: list[str]) -> list[str]:
 def is_identifier(name: str) -> bool:
     """A name a user would type exactly: a CLI flag, snake_case, a dotted path or camelCase/CamelCase with a hump
     (``update()`` is left out: a plain English word, not a test of exact matching)."""
-    return (len(name) >= 4 and bool(IDENTIFIER.fullmatch(name))
-            and bool(name.startswith("--") or re.search(r"_|\w\.\w|[a-z][A-Z]", name.removesuffix("()"))))
+    return (
+        len(name) >= 4
+        and bool(IDENTIFIER.fullmatch(name))
+        and bool(name.startswith("--") or re.search(r"_|\w\.\w|[a-z][A-Z]", name.removesuffix("()")))
+    )
 
 
 def _without_links(text: str) -> str:
@@ -91,11 +113,14 @@ def prose_sentences(text: str, min_words: int = 8, max_words: int = 50) -> list[
     text = _without_links(re.sub(r"```.*?```", "\n\n", text, flags=re.S))
     out = []
     for para in re.split(r"\n\s*\n", text):
-        lines = [l for l in para.splitlines() if l.strip() and not l.lstrip().startswith("#")
-                 and not re.fullmatch(r"\s*[=~^*|:-]{3,}\s*", l)]
-        if lines and all(l.lstrip().startswith("|") for l in lines):  # a table: one text per row
-            units = [" — ".join(c.strip() for c in l.strip().strip("|").split("|")) for l in lines[1:]]
-        elif not lines or any(l.startswith("    ") or l.lstrip().startswith(_NOT_PROSE) for l in lines):
+        lines = [
+            line
+            for line in para.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and not re.fullmatch(r"\s*[=~^*|:-]{3,}\s*", line)
+        ]
+        if lines and all(line.lstrip().startswith("|") for line in lines):  # a table: one text per row
+            units = [" — ".join(c.strip() for c in row.strip().strip("|").split("|")) for row in lines[1:]]
+        elif not lines or any(line.startswith("    ") or line.lstrip().startswith(_NOT_PROSE) for line in lines):
             continue
         else:
             units = _list_items(lines) if _BULLET.match(lines[0]) else [" ".join(lines)]
@@ -114,9 +139,11 @@ def sentence_identifiers(sentence: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def identifier_query(identifier: str, sentence: str, rng: "random.Random", min_words: int = 3,
-                     max_words: int = 6) -> str | None:
-    """What a user would type: the identifier plus 3–6 content words of the sentence, in their order (None if too few)."""
+def identifier_query(
+    identifier: str, sentence: str, rng: "random.Random", min_words: int = 3, max_words: int = 6
+) -> str | None:
+    """What a user would type: the identifier plus 3–6 content words of the sentence, in their order (None if too
+    few)."""
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
     name = identifier.removesuffix("()")
@@ -128,8 +155,9 @@ def identifier_query(identifier: str, sentence: str, rng: "random.Random", min_w
     return " ".join([name, *(words[i] for i in picked)])
 
 
-def identifier_queries(docs: Sequence["Document"], n: int = 200, per_doc: int = 25, per_identifier: int = 3,
-                       seed: int = 0) -> list[dict]:
+def identifier_queries(
+    docs: Sequence["Document"], n: int = 200, per_doc: int = 25, per_identifier: int = 3, seed: int = 0
+) -> list[dict]:
     """Evaluation queries made reproducibly without an LLM, from identifiers in prose sentences: at most
     ``per_identifier`` sentences per identifier and ``per_doc`` queries per document, then ``n`` in all, sampled
     with ``seed``. Each item: question (the query), identifier, sentence, doc_id. Which chunks are relevant depends
@@ -147,8 +175,11 @@ def identifier_queries(docs: Sequence["Document"], n: int = 200, per_doc: int = 
                 if query:
                     uses[name] = uses.get(name, 0) + 1
                     by_doc.setdefault(doc_id, []).append(
-                        {"question": query, "identifier": name, "sentence": sentence, "doc_id": doc_id})
-    pool = [item for items in by_doc.values() for item in (rng.sample(items, per_doc) if len(items) > per_doc else items)]
+                        {"question": query, "identifier": name, "sentence": sentence, "doc_id": doc_id}
+                    )
+    pool = [
+        item for items in by_doc.values() for item in (rng.sample(items, per_doc) if len(items) > per_doc else items)
+    ]
     return rng.sample(pool, n) if len(pool) > n else pool
 
 
@@ -162,8 +193,11 @@ def locate_identifier_queries(items: Sequence[dict], chunks: Sequence["TextNode"
     out = []
     for item in items:
         sentence = _words(item["sentence"])
-        ids = [nid for nid, raw, norm in texts
-               if item["identifier"] in raw and fuzz.partial_ratio(sentence, norm) >= min_ratio]
+        ids = [
+            nid
+            for nid, raw, norm in texts
+            if item["identifier"] in raw and fuzz.partial_ratio(sentence, norm) >= min_ratio
+        ]
         if ids:
             out.append({**item, "oracle_ids": ids})
     return out
@@ -180,11 +214,19 @@ def write_reference_qa(docs: Sequence["Document"], dest: Path, n: int = 60, seed
     lines = []
     for i, item in enumerate(identifier_queries(docs, n=n, seed=seed)):
         title = titles.get(item["doc_id"]) or item["doc_id"]
-        lines.append(json.dumps({
-            "id": f"real-{i:03d}", "type": "factual",
-            "question": f"What does the {title.split(':')[0]} documentation say about `{item['identifier']}`?",
-            "answer": item["sentence"], "key_fact": item["identifier"], "doc_ids": [item["doc_id"]],
-            "supporting_passages": [item["sentence"]]}))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"real-{i:03d}",
+                    "type": "factual",
+                    "question": f"What does the {title.split(':')[0]} documentation say about `{item['identifier']}`?",
+                    "answer": item["sentence"],
+                    "key_fact": item["identifier"],
+                    "doc_ids": [item["doc_id"]],
+                    "supporting_passages": [item["sentence"]],
+                }
+            )
+        )
     path = dest / "reference.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

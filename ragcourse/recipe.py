@@ -31,7 +31,12 @@ _CL100K_DIGITS = r"\p{N}{1,3}+"
 _FAMILIES = {
     # arch name prefix: (digit pattern, text before the first message, one message, special tokens per message)
     "qwen2.5": (r"\p{N}", "", "<|im_start|>{role}\n{content}<|im_end|>\n", 2),
-    "llama-3": (_CL100K_DIGITS, "<|begin_of_text|>", "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>", 3),
+    "llama-3": (
+        _CL100K_DIGITS,
+        "<|begin_of_text|>",
+        "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+        3,
+    ),
 }
 # Llama 3.1's template opens the system message with its knowledge cut-off and a date.
 _SYSTEM_PREFIX = {"llama-3": "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"}
@@ -44,7 +49,9 @@ def _family(model: str) -> str:
     for prefix in _FAMILIES:
         if arch.startswith(prefix):
             return prefix
-    raise ValueError(f"No local stand-in tokenizer for {model!r} (families: {', '.join(_FAMILIES)}): pass its tokenizer.")
+    raise ValueError(
+        f"No local stand-in tokenizer for {model!r} (families: {', '.join(_FAMILIES)}): pass its tokenizer."
+    )
 
 
 def proxy_token_counter(model: str) -> Callable[[str], list[int]]:
@@ -61,8 +68,12 @@ def proxy_token_counter(model: str) -> Callable[[str], list[int]]:
 
     base = tiktoken.get_encoding("cl100k_base")
     digits = _FAMILIES[_family(model)][0]
-    encoding = tiktoken.Encoding(name=f"cl100k-{_family(model)}", pat_str=base._pat_str.replace(_CL100K_DIGITS, digits),
-                                 mergeable_ranks=base._mergeable_ranks, special_tokens={})
+    encoding = tiktoken.Encoding(
+        name=f"cl100k-{_family(model)}",
+        pat_str=base._pat_str.replace(_CL100K_DIGITS, digits),
+        mergeable_ranks=base._mergeable_ranks,
+        special_tokens={},
+    )
     return encoding.encode_ordinary
 
 
@@ -121,13 +132,21 @@ class RecipeCheck:
 
     def row(self) -> dict[str, Any]:
         """One table row (notebook 03's table of steps per preset)."""
-        return {"preset": self.preset, "data": "curated + synthetic" if self.with_synthetic else "curated only",
-                "train kept": self.kept["train"], "dropped (all splits)": sum(self.dropped.values()),
-                "synthetic pairs (at most)": self.synthetic_pairs, "median / max tokens":
-                f"{self.train_tokens['median']} / {self.train_tokens['max']}", "max_length": self.max_length,
-                "effective batch": self.effective_batch, "steps / epoch": self.steps_per_epoch,
-                "total steps": self.total_steps, "validations": self.evaluations, "checkpoints": self.checkpoints,
-                "early stopping can act": self.early_stopping_can_act}
+        return {
+            "preset": self.preset,
+            "data": "curated + synthetic" if self.with_synthetic else "curated only",
+            "train kept": self.kept["train"],
+            "dropped (all splits)": sum(self.dropped.values()),
+            "synthetic pairs (at most)": self.synthetic_pairs,
+            "median / max tokens": f"{self.train_tokens['median']} / {self.train_tokens['max']}",
+            "max_length": self.max_length,
+            "effective batch": self.effective_batch,
+            "steps / epoch": self.steps_per_epoch,
+            "total steps": self.total_steps,
+            "validations": self.evaluations,
+            "checkpoints": self.checkpoints,
+            "early stopping can act": self.early_stopping_can_act,
+        }
 
 
 def trainer_schedule(n_train: int, cfg: CourseConfig, world_size: int = 1) -> dict[str, int]:
@@ -139,8 +158,13 @@ def trainer_schedule(n_train: int, cfg: CourseConfig, world_size: int = 1) -> di
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * per_epoch)
     evaluations = total // t.eval_steps + int(total % t.eval_steps > 0)
     checkpoints = total // t.save_steps + int(total % t.save_steps > 0)
-    return {"effective_batch": t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
-            "steps_per_epoch": per_epoch, "total_steps": total, "evaluations": evaluations, "checkpoints": checkpoints}
+    return {
+        "effective_batch": t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
+        "steps_per_epoch": per_epoch,
+        "total_steps": total,
+        "evaluations": evaluations,
+        "checkpoints": checkpoints,
+    }
 
 
 def _synthetic_placeholders(chunks: Sequence[Any], cfg: CourseConfig) -> list[dict[str, Any]]:
@@ -153,10 +177,20 @@ def _synthetic_placeholders(chunks: Sequence[Any], cfg: CourseConfig) -> list[di
         words = chunk.get_content().split()
         answer = " ".join(words[:6])
         question = f"What does {chunk.metadata.get('title', 'the document')} say about {' '.join(words[6:14])}?"
-        out.append({"id": f"syn-{chunk.node_id}", "question": question, "answer": answer, "key_fact": answer,
-                    "type": "synthetic", "source": "synthetic", "doc_ids": [chunk.metadata["doc_id"]],
-                    "supporting_passages": [chunk.get_content()], "oracle_ids": [chunk.node_id],
-                    "regulation_version": None})
+        out.append(
+            {
+                "id": f"syn-{chunk.node_id}",
+                "question": question,
+                "answer": answer,
+                "key_fact": answer,
+                "type": "synthetic",
+                "source": "synthetic",
+                "doc_ids": [chunk.metadata["doc_id"]],
+                "supporting_passages": [chunk.get_content()],
+                "oracle_ids": [chunk.node_id],
+                "regulation_version": None,
+            }
+        )
     return out
 
 
@@ -170,8 +204,11 @@ def _token_functions(cfg: CourseConfig, tokenizer: Any) -> tuple[Callable[[str],
         tokenizer = load_tokenizer(cfg)
     if tokenizer is not None:
         return token_counter(tokenizer), lambda ex: example_tokens(ex, tokenizer), "the model's tokenizer"
-    return (proxy_token_counter(cfg.model.name), proxy_example_tokens(cfg.model.name),
-            f"cl100k_base with the {_family(cfg.model.name)} pre-tokenizer and chat template (a local stand-in)")
+    return (
+        proxy_token_counter(cfg.model.name),
+        proxy_example_tokens(cfg.model.name),
+        f"cl100k_base with the {_family(cfg.model.name)} pre-tokenizer and chat template (a local stand-in)",
+    )
 
 
 def check_recipe(cfg: CourseConfig, tokenizer: Any = None, with_synthetic: bool = True) -> RecipeCheck:
@@ -199,9 +236,18 @@ def check_recipe(cfg: CourseConfig, tokenizer: Any = None, with_synthetic: bool 
         lengths = []
         for item in splits[split]:
             include = split != "train" or rng.random() < cfg.data.oracle_fraction
-            ex = data.raft_example(item, nodes, [], cfg.data.num_distractors, include, rng, cfg.model.system_prompt,
-                                   pool=allowed, target_style=cfg.data.target_style,
-                                   filter_instructions=cfg.rag.filter_instructions)
+            ex = data.raft_example(
+                item,
+                nodes,
+                candidates=[],
+                num_distractors=cfg.data.num_distractors,
+                include_oracle=include,
+                rng=rng,
+                system_prompt=cfg.model.system_prompt,
+                pool=allowed,
+                target_style=cfg.data.target_style,
+                filter_instructions=cfg.rag.filter_instructions,
+            )
             lengths.append(example_tokens(ex))
         fitting = [n for n in lengths if n <= cfg.model.max_length]
         dropped[split] = len(lengths) - len(fitting)
@@ -210,21 +256,34 @@ def check_recipe(cfg: CourseConfig, tokenizer: Any = None, with_synthetic: bool 
             train_lengths = fitting
     schedule = trainer_schedule(kept["train"], cfg)
     check = RecipeCheck(
-        preset=cfg.preset, with_synthetic=with_synthetic, counted_with=counted_with, max_length=cfg.model.max_length, kept=kept, dropped=dropped,
-        synthetic_pairs=len(synthetic), train_tokens={"median": int(statistics.median(train_lengths or [0])),
-                                                      "max": max(train_lengths or [0])},
-        eval_steps=cfg.training.eval_steps, early_stopping_patience=cfg.training.early_stopping_patience, **schedule)
+        preset=cfg.preset,
+        with_synthetic=with_synthetic,
+        counted_with=counted_with,
+        max_length=cfg.model.max_length,
+        kept=kept,
+        dropped=dropped,
+        synthetic_pairs=len(synthetic),
+        train_tokens={"median": int(statistics.median(train_lengths or [0])), "max": max(train_lengths or [0])},
+        eval_steps=cfg.training.eval_steps,
+        early_stopping_patience=cfg.training.early_stopping_patience,
+        **schedule,
+    )
     if not check.early_stopping_can_act:
-        check.notes.append(f"validation runs {check.evaluations} time(s) in {check.total_steps} steps: early stopping "
-                           f"(patience {check.early_stopping_patience}) cannot act; lower training.eval_steps")
+        check.notes.append(
+            f"validation runs {check.evaluations} time(s) in {check.total_steps} steps: early stopping "
+            f"(patience {check.early_stopping_patience}) cannot act; lower training.eval_steps"
+        )
     if check.dropped_fraction > 0.05:
-        check.notes.append(f"{check.dropped_fraction:.0%} of the examples exceed max_length {cfg.model.max_length}: "
-                           f"raise model.max_length, or lower data.chunk_size or data.num_distractors")
+        check.notes.append(
+            f"{check.dropped_fraction:.0%} of the examples exceed max_length {cfg.model.max_length}: "
+            f"raise model.max_length, or lower data.chunk_size or data.num_distractors"
+        )
     return check
 
 
 def recipe_table(presets: Sequence[str]) -> Any:
-    """:func:`check_recipe` of several presets, with and without the teacher's pairs: two rows each (pandas; notebook 03)."""
+    """:func:`check_recipe` of several presets, with and without the teacher's pairs: two rows each (pandas;
+    notebook 03)."""
     import pandas as pd
 
     from .config import load_config

@@ -30,7 +30,8 @@ _HUB_EMBEDDING = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _build_once(target: Path, build: Any) -> Path:
-    """Run ``build(folder)`` into a temporary folder renamed to ``target`` (``artifacts.atomic_dir``), unless it exists."""
+    """Run ``build(folder)`` into a temporary folder renamed to ``target`` (``artifacts.atomic_dir``), unless it
+    exists."""
     if not (target / "config.json").is_file():
         from .artifacts import atomic_dir
 
@@ -45,6 +46,7 @@ def tiny_causal_lm(arch: str, folder: Path, seed: int = 0) -> Path:
     From the shipped architecture config it keeps the model type, the attention layout (fewer key/value heads than
     heads where the family has grouped-query attention), the tied or untied output head, rope and position range.
     """
+
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -54,14 +56,30 @@ def tiny_causal_lm(arch: str, folder: Path, seed: int = 0) -> Path:
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
         published = arch_config(arch)
-        grouped = (getattr(published, "num_key_value_heads", None) or published.num_attention_heads) < published.num_attention_heads
-        keep = ("tie_word_embeddings", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
-                "hidden_act", "attention_bias", "mlp_bias", "use_sliding_window")
+        grouped = (
+            getattr(published, "num_key_value_heads", None) or published.num_attention_heads
+        ) < published.num_attention_heads
+        keep = (
+            "tie_word_embeddings",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "rope_theta",
+            "rope_scaling",
+            "hidden_act",
+            "attention_bias",
+            "mlp_bias",
+            "use_sliding_window",
+        )
         fields = {k: getattr(published, k) for k in keep if getattr(published, k, None) is not None}
-        config = AutoConfig.for_model(published.model_type, **fields, **TINY_SHAPES,
-                                      num_key_value_heads=2 if grouped else TINY_SHAPES["num_attention_heads"],
-                                      vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
+        config = AutoConfig.for_model(
+            published.model_type,
+            **fields,
+            **TINY_SHAPES,
+            num_key_value_heads=2 if grouped else TINY_SHAPES["num_attention_heads"],
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -73,6 +91,7 @@ def tiny_causal_lm(arch: str, folder: Path, seed: int = 0) -> Path:
 
 def tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
     """A tiny random-weight BERT cross-encoder (one relevance logit) with MiniLM's tokenizer, saved as safetensors."""
+
     def build(tmp: Path) -> None:
         import torch
         from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -81,8 +100,14 @@ def tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
 
         tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
         torch.manual_seed(seed)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, num_labels=1)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
         BertForSequenceClassification(config).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
@@ -94,7 +119,9 @@ def _tiny_stand_in(ref: str, root: Path, seed: int) -> str:
 
     arch = arch_for_model(ref)
     if arch is None:
-        raise ValueError(f"No architecture config for {ref!r} in ragcourse/archs: the rehearsal cannot build its stand-in.")
+        raise ValueError(
+            f"No architecture config for {ref!r} in ragcourse/archs: the rehearsal cannot build its stand-in."
+        )
     return str(tiny_causal_lm(arch, root / f"{arch}-tiny-seed{seed}", seed))
 
 
@@ -106,8 +133,14 @@ def rehearsal_config(preset: str, output_root: str | os.PathLike[str] | None = N
 
     cfg = load_config(preset)
     root = cache_dir(cfg) / "rehearsal"
-    swaps: dict[str, dict[str, Any]] = {"model": {}, "quantization": {}, "training": {}, "embedding": {}, "rag": {},
-                                        "evaluation": {}}
+    swaps: dict[str, dict[str, Any]] = {
+        "model": {},
+        "quantization": {},
+        "training": {},
+        "embedding": {},
+        "rag": {},
+        "evaluation": {},
+    }
     if needs_network(cfg.model.name):
         swaps["model"]["name"] = _tiny_stand_in(cfg.model.name, root, seed=0)
     if cfg.model.torch_dtype in {"bfloat16", "float16"}:
@@ -122,7 +155,9 @@ def rehearsal_config(preset: str, output_root: str | os.PathLike[str] | None = N
         swaps["rag"]["rerank_model"] = str(tiny_cross_encoder(root / "cross-encoder-tiny"))
     judge = cfg.evaluation.judge
     if judge not in {"none", "preset", "openai"} and needs_network(judge):
-        swaps["evaluation"]["judge"] = _tiny_stand_in(judge, root, seed=1)  # a second model: still not the one under test
+        swaps["evaluation"]["judge"] = _tiny_stand_in(
+            judge, root, seed=1
+        )  # a second model: still not the one under test
     layers: dict[str, Any] = {k: v for k, v in swaps.items() if v}
     if output_root is not None:
         layers["paths"] = {"output_root": str(output_root)}

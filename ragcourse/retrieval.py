@@ -63,14 +63,16 @@ QDRANT_HELP = (
     "then either a local folder, which needs no server (Qdrant's embedded mode, one process at a time):\n"
     "    rag.vector_store_url: outputs/qdrant\n"
     "or a running Qdrant server, for example with Docker:\n"
-    "    docker run -d -p 6333:6333 -v \"$PWD/qdrant_storage:/qdrant/storage\" qdrant/qdrant\n"
+    '    docker run -d -p 6333:6333 -v "$PWD/qdrant_storage:/qdrant/storage" qdrant/qdrant\n'
     "and rag.vector_store_url: http://localhost:6333 (or use rag.vector_store: simple, which needs neither)."
 )
 POSTGRES_TABLE = "ragcourse"
 POSTGRES_HELP = (
-    "rag.vector_store: postgres needs LlamaIndex's PostgreSQL integration (pgvector), and pgserver for a local folder:\n"
+    "rag.vector_store: postgres needs LlamaIndex's PostgreSQL integration (pgvector), "
+    "and pgserver for a local folder:\n"
     "    pip install llama-index-vector-stores-postgres pgserver   (or: pip install 'ragcourse[postgres]')\n"
-    "then either a local folder, where pgserver runs a private PostgreSQL with pgvector (Unix socket only, no TCP port):\n"
+    "then either a local folder, where pgserver runs a private PostgreSQL with pgvector "
+    "(Unix socket only, no TCP port):\n"
     "    rag.vector_store_url: outputs/pgvector\n"
     "or a PostgreSQL server with the pgvector extension, for example with Docker:\n"
     "    docker run -d -p 5432:5432 -e POSTGRES_PASSWORD=rag pgvector/pgvector:pg17\n"
@@ -126,8 +128,10 @@ def open_qdrant(location: str) -> Any:
             atexit.register(client.close)  # release the folder's lock before the interpreter tears modules down
             return client
         except RuntimeError as exc:  # "Storage folder ... is already accessed by another instance of Qdrant client"
-            raise VectorStoreUnavailable(f"The embedded Qdrant folder {location} is open in another process ({exc}); "
-                                         "close that process, or use a Qdrant server URL for shared access.") from None
+            raise VectorStoreUnavailable(
+                f"The embedded Qdrant folder {location} is open in another process ({exc}); "
+                "close that process, or use a Qdrant server URL for shared access."
+            ) from None
     client = qc.QdrantClient(url=location)
     try:
         client.get_collections()
@@ -206,8 +210,9 @@ def pgserver_url(folder: str) -> str:
     try:
         return pgserver.get_server(folder, cleanup_mode="stop").get_uri()
     except (OSError, subprocess.SubprocessError) as exc:
-        raise VectorStoreUnavailable(f"pgserver could not start PostgreSQL in {folder} ({exc}); "
-                                     f"its log is {Path(folder) / 'log'}.") from None
+        raise VectorStoreUnavailable(
+            f"pgserver could not start PostgreSQL in {folder} ({exc}); its log is {Path(folder) / 'log'}."
+        ) from None
 
 
 _POSTGRES_ENGINES: dict[str, tuple[Any, Any]] = {}  # location -> (engine, async engine), see open_postgres
@@ -232,8 +237,10 @@ def open_postgres(location: str) -> tuple[Any, Any]:
             conn.execute(sqlalchemy.text("CREATE EXTENSION IF NOT EXISTS vector"))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         engine.dispose()
-        raise VectorStoreUnavailable(f"No PostgreSQL with pgvector answers at {shown_location(location)} "
-                                     f"({str(getattr(exc, 'orig', None) or exc).strip()}).\n{POSTGRES_HELP}") from None
+        raise VectorStoreUnavailable(
+            f"No PostgreSQL with pgvector answers at {shown_location(location)} "
+            f"({str(getattr(exc, 'orig', None) or exc).strip()}).\n{POSTGRES_HELP}"
+        ) from None
     atexit.register(engine.dispose)  # close the connections before pgserver's own exit handler stops the server
     _POSTGRES_ENGINES[location] = engine, create_async_engine(url.set(drivername="postgresql+asyncpg"))
     return _POSTGRES_ENGINES[location]
@@ -254,9 +261,12 @@ def postgres_vectors(engine: Any, table: str) -> tuple[int, int | None]:
     import sqlalchemy
 
     with engine.connect() as conn:
-        dim = conn.execute(sqlalchemy.text(
-            "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = 'embedding'"),
-            {"t": f"public.data_{table}"}).scalar()
+        dim = conn.execute(
+            sqlalchemy.text(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attname = 'embedding'"
+            ),
+            {"t": f"public.data_{table}"},
+        ).scalar()
         count = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM public.data_{table}")).scalar() if dim else 0
     return count, dim
 
@@ -274,14 +284,22 @@ def _postgres_store(cfg: CourseConfig, fresh: bool, embed_dim: int | None) -> An
     if stored_dim and embed_dim and stored_dim != embed_dim:
         raise VectorStoreUnavailable(
             f"The PostgreSQL table data_{table} holds {stored_dim}-dimensional vectors, the embedding model makes "
-            f"{embed_dim}; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
+            f"{embed_dim}; rebuild it: ragcourse index --rebuild --preset {cfg.preset}."
+        )
     if not (embed_dim or stored_dim):
-        raise VectorStoreUnavailable(f"The PostgreSQL table data_{table} does not exist yet; build the index: "
-                                     f"ragcourse index --rebuild --preset {cfg.preset}.")
+        raise VectorStoreUnavailable(
+            f"The PostgreSQL table data_{table} does not exist yet; build the index: "
+            f"ragcourse index --rebuild --preset {cfg.preset}."
+        )
     # Exact search (no HNSW index): the same top-k as the default store. initialization_fail_on_error: LlamaIndex
     # would otherwise log a failed CREATE TABLE as a warning and fail later, further from the cause.
-    return PGVectorStore(engine=engine, async_engine=async_engine, table_name=table, embed_dim=embed_dim or stored_dim,
-                         initialization_fail_on_error=True)
+    return PGVectorStore(
+        engine=engine,
+        async_engine=async_engine,
+        table_name=table,
+        embed_dim=embed_dim or stored_dim,
+        initialization_fail_on_error=True,
+    )
 
 
 def embedding_dim(embed_model: Any, nodes: Sequence["BaseNode"] = ()) -> int:
@@ -303,7 +321,9 @@ def vector_store(cfg: CourseConfig, fresh: bool = False, embed_dim: int | None =
     if cfg.rag.vector_store == "postgres":
         return _postgres_store(cfg, fresh, embed_dim)
     if cfg.rag.vector_store != "qdrant":
-        raise VectorStoreUnavailable(f"rag.vector_store must be simple, qdrant or postgres, got {cfg.rag.vector_store!r}.")
+        raise VectorStoreUnavailable(
+            f"rag.vector_store must be simple, qdrant or postgres, got {cfg.rag.vector_store!r}."
+        )
     client = open_qdrant(store_location(cfg))
     name = f"{QDRANT_COLLECTION}-{cfg.preset}"
     if fresh and client.collection_exists(name):
@@ -315,11 +335,14 @@ def stored_vectors(cfg: CourseConfig, store: Any) -> int:
     """How many vectors the configured store holds for this preset (0 when its collection or table is gone)."""
     if cfg.rag.vector_store == "postgres":
         return postgres_vectors(open_postgres(store_location(cfg))[0], postgres_table(cfg))[0]
-    return store.client.count(store.collection_name).count if store.client.collection_exists(store.collection_name) else 0
+    return (
+        store.client.count(store.collection_name).count if store.client.collection_exists(store.collection_name) else 0
+    )
 
 
-def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig | None = None,
-                show_progress: bool = False) -> "VectorStoreIndex":
+def build_index(
+    nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig | None = None, show_progress: bool = False
+) -> "VectorStoreIndex":
     """A vector index over ``nodes`` (in memory, or in the vector store ``cfg`` names); :func:`save_index` persists it.
 
     The chunk texts stay in the docstore whatever the store, because BM25 needs them.
@@ -329,8 +352,13 @@ def build_index(nodes: Sequence["BaseNode"], embed_model: Any, cfg: CourseConfig
     dim = embedding_dim(embed_model, nodes) if cfg is not None and cfg.rag.vector_store == "postgres" else None
     store = vector_store(cfg, fresh=True, embed_dim=dim) if cfg is not None else None
     storage = StorageContext.from_defaults(vector_store=store) if store is not None else None
-    return VectorStoreIndex(list(nodes), embed_model=embed_model, storage_context=storage, store_nodes_override=True,
-                            show_progress=show_progress)
+    return VectorStoreIndex(
+        list(nodes),
+        embed_model=embed_model,
+        storage_context=storage,
+        store_nodes_override=True,
+        show_progress=show_progress,
+    )
 
 
 def stored_nodes(index: "VectorStoreIndex") -> list["BaseNode"]:
@@ -369,11 +397,15 @@ def load_index(cfg: CourseConfig, embed_model: Any = None, path: Path | None = N
     if store is not None:
         stored = stored_vectors(cfg, store)
         if stored != len(index.docstore.docs):
-            where = (f"Qdrant collection {store.collection_name}" if cfg.rag.vector_store == "qdrant"
-                     else f"PostgreSQL table data_{postgres_table(cfg)}")
+            where = (
+                f"Qdrant collection {store.collection_name}"
+                if cfg.rag.vector_store == "qdrant"
+                else f"PostgreSQL table data_{postgres_table(cfg)}"
+            )
             raise VectorStoreUnavailable(
                 f"The {where} at {shown_location(store_location(cfg))} holds {stored} vectors, the index at {path} "
-                f"{len(index.docstore.docs)} chunks; rebuild it: ragcourse index --rebuild --preset {cfg.preset}.")
+                f"{len(index.docstore.docs)} chunks; rebuild it: ragcourse index --rebuild --preset {cfg.preset}."
+            )
     return index
 
 
@@ -392,8 +424,10 @@ def configured_kind(cfg: CourseConfig) -> str:
 def cross_encoder(cfg: CourseConfig):
     """The cross-encoder named by ``rag.rerank_model`` (hub id or local folder) as a LlamaIndex postprocessor."""
     if not cfg.rag.rerank_model:
-        raise ValueError("Reranking needs rag.rerank_model: a cross-encoder hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) "
-                         "or a local folder saved by sentence-transformers.")
+        raise ValueError(
+            "Reranking needs rag.rerank_model: a cross-encoder hub id (e.g. cross-encoder/ms-marco-MiniLM-L-6-v2) "
+            "or a local folder saved by sentence-transformers."
+        )
     return cross_encoder_reranker(resolve_model(cfg.rag.rerank_model, cfg))
 
 
@@ -404,15 +438,22 @@ def reranker(cfg: CourseConfig):
 
 def describe_retrieval(cfg: CourseConfig) -> str:
     """One line: what happens between a question and the passages the model reads."""
-    first = {"dense": f"dense ({cfg.embedding.name})", "bm25": "BM25",
-             "hybrid": f"hybrid RRF (dense weight {cfg.rag.dense_weight:g}, BM25 {1 - cfg.rag.dense_weight:g})"}[cfg.rag.retriever]
+    first = {
+        "dense": f"dense ({cfg.embedding.name})",
+        "bm25": "BM25",
+        "hybrid": f"hybrid RRF (dense weight {cfg.rag.dense_weight:g}, BM25 {1 - cfg.rag.dense_weight:g})",
+    }[cfg.rag.retriever]
     if not cfg.rag.rerank:
         return f"{first} -> top {cfg.rag.similarity_top_k} passages (rag.rerank is off)"
-    return (f"{first} -> {cfg.rag.rerank_candidates} candidates -> cross-encoder {cfg.rag.rerank_model} "
-            f"-> top {cfg.rag.similarity_top_k} passages")
+    return (
+        f"{first} -> {cfg.rag.rerank_candidates} candidates -> cross-encoder {cfg.rag.rerank_model} "
+        f"-> top {cfg.rag.similarity_top_k} passages"
+    )
 
 
-def rrf_fuse(rankings: Sequence[Sequence["NodeWithScore"]], weights: Sequence[float], top_k: int) -> list["NodeWithScore"]:
+def rrf_fuse(
+    rankings: Sequence[Sequence["NodeWithScore"]], weights: Sequence[float], top_k: int
+) -> list["NodeWithScore"]:
     """Weighted reciprocal rank fusion: ``score = Σ w_i / (60 + rank_i)``; scores are rank-based, not raw."""
     from llama_index.core.schema import NodeWithScore
 
@@ -427,8 +468,14 @@ def rrf_fuse(rankings: Sequence[Sequence["NodeWithScore"]], weights: Sequence[fl
     return [NodeWithScore(node=nodes[n], score=scores[n]) for n in best]
 
 
-def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | None = None, top_k: int | None = None,
-                   dense_weight: float | None = None, candidates: int | None = None):
+def make_retriever(
+    index: "VectorStoreIndex",
+    cfg: CourseConfig,
+    kind: str | None = None,
+    top_k: int | None = None,
+    dense_weight: float | None = None,
+    candidates: int | None = None,
+):
     """A LlamaIndex retriever with the config's defaults (``rag.retriever``, ``similarity_top_k``, ``dense_weight``).
 
     ``kind`` is ``dense`` (embeddings), ``bm25`` (exact terms) or ``hybrid`` (RRF of both), optionally with
@@ -458,9 +505,7 @@ def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | Non
     nodes = list(index.docstore.docs.values())
 
     def bm25(k: int):
-        from llama_index.retrievers.bm25 import BM25Retriever
-
-        return BM25Retriever.from_defaults(nodes=nodes, similarity_top_k=min(k, len(nodes)), language="english")
+        return bm25_retriever(nodes, min(k, len(nodes)), cfg.rag.bm25_tokenizer)
 
     if first_kind == "dense":
         return dense_retriever(index, top_k)
@@ -474,10 +519,140 @@ def make_retriever(index: "VectorStoreIndex", cfg: CourseConfig, kind: str | Non
         """Dense + BM25, fused by weighted reciprocal rank."""
 
         def _retrieve(self, query_bundle):
-            return rrf_fuse([dense_r.retrieve(query_bundle), lexical_r.retrieve(query_bundle)],
-                            [dense_weight, 1.0 - dense_weight], top_k)
+            return rrf_fuse(
+                [dense_r.retrieve(query_bundle), lexical_r.retrieve(query_bundle)],
+                [dense_weight, 1.0 - dense_weight],
+                top_k,
+            )
 
     return HybridRetriever()
+
+
+# -- the lexical side: BM25 over tokens that keep identifiers (notebook 05, section 4) -----------------------------
+
+BM25_TOKENIZERS = ("identifiers", "english")  # rag.bm25_tokenizer: the course's tokenizer, or LlamaIndex's default
+# Whitespace and the characters that never belong to an identifier split a text into pieces; quotes and backticks are
+# dropped inside a piece, so `dtype='bf16'` and dtype=bf16 are one piece.
+_PIECE_BREAK = re.compile(r"[\s()\[\]{}<>,;|!?*]+")
+_QUOTES = re.compile(r"[\"'`\u2018\u2019\u201c\u201d]")
+_CODE_SPAN = re.compile(r"`([^`\n]{1,80})`")
+# A piece is an identifier when it has an underscore, a hump (getConfig, BM25Retriever), a leading - or -- (a flag), or
+# punctuation between two word characters (Module.method, a/b, ECN-12, key=value, pkg::name).
+_IDENTIFIER = re.compile(r"_|[a-z0-9][A-Z]|[A-Z]{2}[a-z]|^--?[A-Za-z]|\w[.:/=+-]+\w")
+_HUMPS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+_WORD = re.compile(r"[^\W_]{2,}")  # bm25s's default \w\w+, less the underscore (snake_case splits into its words)
+
+
+@functools.lru_cache(maxsize=1)
+def _english() -> tuple[Any, frozenset[str]]:
+    """PyStemmer's English stemmer and bm25s's English stop words: what LlamaIndex's BM25Retriever uses by default."""
+    import Stemmer
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return Stemmer.Stemmer("english"), frozenset(STOPWORDS_EN)
+
+
+@functools.lru_cache(maxsize=2**16)
+def _stem(word: str) -> str | None:
+    stemmer, stopwords = _english()
+    return None if word in stopwords else stemmer.stemWord(word)
+
+
+def _english_tokens(text: str) -> list[str]:
+    """Plain English: lower-cased words of 2+ letters or digits, stop words dropped, stemmed."""
+    return [t for t in (_stem(w) for w in _WORD.findall(text.lower())) if t]
+
+
+def _identifier_tokens(piece: str) -> list[str]:
+    """One identifier whole (lower-cased, ``()`` and edge dots dropped), its dotted tails (``Trainer.train`` in
+    ``transformers.Trainer.train``), each side of a ``key=value``, then its parts as plain words."""
+    whole = piece.lower()
+    out = [whole]
+    if "=" in piece.strip("="):
+        for side in piece.split("="):
+            out += _piece_tokens(side)
+        return out
+    if "." in piece:
+        dotted = whole.split(".")
+        out += [".".join(dotted[i:]) for i in range(1, len(dotted) - 1)]
+    parts = " ".join(_HUMPS.findall(piece))
+    return out + _english_tokens(parts)
+
+
+def _piece_tokens(piece: str) -> list[str]:
+    piece = piece.strip(".:=+/").removesuffix("()")
+    if not piece:
+        return []
+    if _IDENTIFIER.search(piece) and _WORD.search(piece):
+        return _identifier_tokens(piece)
+    return _english_tokens(piece)
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """BM25's tokens for a chunk or a query (the same function for both), keeping identifiers (notebook 05, section 4).
+
+    Plain words are lower-cased, stripped of English stop words and stemmed, as LlamaIndex's default BM25 does. A
+    dotted name (``Module.method``), ``snake_case``, ``camelCase``, a ``--flag``, ``Name()``, ``key=value`` or
+    ``ECN-12`` gives its whole form *and* its parts, so ``get_config()`` matches "get config" and ``get_config`` both,
+    and ``chunk_size`` is no longer one opaque token that "chunk size" never reaches. A multi-word code span adds its
+    whole text as one more token.
+    """
+    out = [" ".join(span.lower().split()) for span in _CODE_SPAN.findall(text) if _PIECE_BREAK.search(span.strip())]
+    for piece in _PIECE_BREAK.split(_QUOTES.sub("", text)):
+        out += _piece_tokens(piece)
+    return out
+
+
+def bm25_retriever(nodes: Sequence["BaseNode"], top_k: int, tokenizer: str = "identifiers"):
+    """LlamaIndex's ``BM25Retriever`` over ``nodes``: its default English tokenization (``tokenizer="english"``), or
+    over :func:`lexical_tokens`, the course's default, for the chunks and every query alike.
+
+    The BM25 statistics are not persisted: they are rebuilt from the index's docstore each time a retriever is made,
+    so a reloaded index always meets the tokenizer of the code that loads it.
+    """
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    if tokenizer == "english":
+        return BM25Retriever.from_defaults(nodes=list(nodes), similarity_top_k=top_k, language="english")
+    if tokenizer != "identifiers":
+        raise ValueError(f"rag.bm25_tokenizer must be one of {', '.join(BM25_TOKENIZERS)}; got {tokenizer!r}")
+    return _identifier_bm25_class().build(nodes, top_k)
+
+
+@functools.lru_cache(maxsize=1)
+def _identifier_bm25_class() -> type:
+    import bm25s
+    from llama_index.core.schema import MetadataMode, NodeWithScore
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    class IdentifierBM25Retriever(BM25Retriever):
+        """``BM25Retriever`` on a ``bm25s.BM25`` indexed with :func:`lexical_tokens`; queries take the same tokens."""
+
+        @classmethod
+        def build(cls, nodes: Sequence["BaseNode"], top_k: int) -> "IdentifierBM25Retriever":
+            nodes = list(nodes)
+            bm25 = bm25s.BM25()
+            # The text LlamaIndex's BM25Retriever indexes: the content with the metadata the embedding sees.
+            bm25.index(
+                [lexical_tokens(n.get_content(metadata_mode=MetadataMode.EMBED)) for n in nodes], show_progress=False
+            )
+            retriever = cls(existing_bm25=bm25, similarity_top_k=min(top_k, len(nodes)))
+            retriever._course_nodes = nodes
+            return retriever
+
+        def _retrieve(self, query_bundle):
+            vocab = self.bm25.vocab_dict
+            tokens = [t for t in lexical_tokens(query_bundle.query_str) if t in vocab]
+            if not tokens:  # no query word occurs in any chunk: BM25 has nothing to rank
+                return []
+            ids, scores = self.bm25.retrieve([tokens], k=self.similarity_top_k, show_progress=False)
+            return [
+                NodeWithScore(node=self._course_nodes[int(i)], score=float(s))
+                for i, s in zip(ids[0], scores[0])
+                if s > 0
+            ]
+
+    return IdentifierBM25Retriever
 
 
 def dense_retriever(index: "VectorStoreIndex", top_k: int):
@@ -506,11 +681,14 @@ def cross_encoder_reranker(model: str, device: str | None = None):
     """
     from llama_index.core.postprocessor import SentenceTransformerRerank
 
-    return SentenceTransformerRerank(model=model, top_n=10**9, device=device or ("cuda" if _cuda() else "cpu"),
-                                     trust_remote_code=False)
+    return SentenceTransformerRerank(
+        model=model, top_n=10**9, device=device or ("cuda" if _cuda() else "cpu"), trust_remote_code=False
+    )
 
 
-def retrieval_metrics(ranked_ids: Sequence[Sequence[str]], relevant: Sequence[set[str]], ks: Sequence[int]) -> dict[str, dict[int, float]]:
+def retrieval_metrics(
+    ranked_ids: Sequence[Sequence[str]], relevant: Sequence[set[str]], ks: Sequence[int]
+) -> dict[str, dict[int, float]]:
     """Hit rate and MRR at each k: a question counts as a hit when any relevant id is in its top k."""
     hit = {k: 0.0 for k in ks}
     mrr = {k: 0.0 for k in ks}

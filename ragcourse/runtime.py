@@ -16,8 +16,14 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def start(preset: str | None = None, user_config: str | None = None, quiet: bool = False, writes: bool = True,
-          loads_model: bool = True, **overrides: Any) -> CourseConfig:
+def start(
+    preset: str | None = None,
+    user_config: str | None = None,
+    quiet: bool = False,
+    writes: bool = True,
+    loads_model: bool = True,
+    **overrides: Any,
+) -> CourseConfig:
     """Load the config, set the offline/no-telemetry environment, seed, and print what this run uses.
 
     Without a preset (argument, ``$RAGCOURSE_PRESET`` or ``preset:`` in the user YAML) the preset is

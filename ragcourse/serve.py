@@ -34,7 +34,9 @@ from .config import CourseConfig
 from .errors import CourseError
 
 SERVE_HELP = "transformers serve needs its serving extra: pip install 'ragcourse[serve]' (FastAPI, uvicorn, openai)."
-LLAMAINDEX_HELP = "LlamaIndex's OpenAI-compatible LLM is missing: pip install 'ragcourse[serve]' (llama-index-llms-openai-like)."
+LLAMAINDEX_HELP = (
+    "LlamaIndex's OpenAI-compatible LLM is missing: pip install 'ragcourse[serve]' (llama-index-llms-openai-like)."
+)
 API_KEY = "ragcourse-local"  # the servers here check no key, but the OpenAI client insists on one
 
 
@@ -60,16 +62,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def served_model_path(cfg: CourseConfig) -> Path:
-    """The folder the server loads: notebook 04's merged model (safetensors, tokenizer, chat template, generation config)."""
+    """The folder the server loads: notebook 04's merged model (safetensors, tokenizer, chat template, generation
+    config)."""
     path = cfg.artifact_dir("merged").resolve()
     if not list(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"No merged model in {path}: run notebooks/04_adapter_merge.ipynb or "
-                                f"`ragcourse merge --preset {cfg.preset}` first.")
+        raise FileNotFoundError(
+            f"No merged model in {path}: run notebooks/04_adapter_merge.ipynb or "
+            f"`ragcourse merge --preset {cfg.preset}` first."
+        )
     return path
 
 
-def serve_command(cfg: CourseConfig, host: str = "127.0.0.1", port: int = 8000,
-                  model_path: Path | None = None) -> list[str]:
+def serve_command(
+    cfg: CourseConfig, host: str = "127.0.0.1", port: int = 8000, model_path: Path | None = None
+) -> list[str]:
     """``transformers serve`` for the merged model, loaded as the course loads it in-process (notebook 05, section 10).
 
     The model is preloaded (a positional model pins the server to it); dtype and attention implementation are
@@ -79,8 +85,19 @@ def serve_command(cfg: CourseConfig, host: str = "127.0.0.1", port: int = 8000,
     from .merge import merge_dtype
 
     hw = detect_hardware()
-    cmd = ["transformers", "serve", str(model_path or served_model_path(cfg)), "--host", host, "--port", str(port),
-           "--dtype", merge_dtype(cfg), "--device", "cpu" if hw.device == "cpu" else "auto"]
+    cmd = [
+        "transformers",
+        "serve",
+        str(model_path or served_model_path(cfg)),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        merge_dtype(cfg),
+        "--device",
+        "cpu" if hw.device == "cpu" else "auto",
+    ]
     if cfg.model.attn_implementation:
         cmd += ["--attn-implementation", cfg.model.attn_implementation]
     return cmd
@@ -95,16 +112,45 @@ def vllm_command(cfg: CourseConfig, adapters: Mapping[str, str | Path] | None = 
     """
     from .merge import merge_dtype
 
-    common = ["--host", "127.0.0.1", "--port", str(port), "--dtype", merge_dtype(cfg),
-              "--max-model-len", str(cfg.model.max_length),
-              "--generation-config", "auto"]  # greedy + end-of-turn stop from generation_config.json
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        merge_dtype(cfg),
+        "--max-model-len",
+        str(cfg.model.max_length),
+        "--generation-config",
+        "auto",
+    ]  # greedy + end-of-turn stop from generation_config.json
     if not adapters:
-        return ["vllm", "serve", str(cfg.artifact_dir("merged")), "--served-model-name", f"ragcourse-{cfg.preset}", *common]
+        return [
+            "vllm",
+            "serve",
+            str(cfg.artifact_dir("merged")),
+            "--served-model-name",
+            f"ragcourse-{cfg.preset}",
+            *common,
+        ]
     base = vllm_base(cfg)
     modules = [f"{name}={Path(path)}" for name, path in adapters.items()]
     rank = next(r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= cfg.lora.r)  # vLLM accepts only these
-    return ["vllm", "serve", base, "--served-model-name", f"base-{cfg.preset}", *common, "--enable-lora",
-            "--max-lora-rank", str(rank), "--max-loras", str(len(modules)), "--lora-modules", *modules]
+    return [
+        "vllm",
+        "serve",
+        base,
+        "--served-model-name",
+        f"base-{cfg.preset}",
+        *common,
+        "--enable-lora",
+        "--max-lora-rank",
+        str(rank),
+        "--max-loras",
+        str(len(modules)),
+        "--lora-modules",
+        *modules,
+    ]
 
 
 def vllm_base(cfg: CourseConfig) -> str:
@@ -120,17 +166,24 @@ def vllm_note(cfg: CourseConfig, adapters: Mapping[str, str | Path] | None = Non
     QLoRA why that is not the trained model and what to serve instead (notebook 05, section 10)."""
     base = vllm_base(cfg)
     if not cfg.quantization.load_in_4bit:  # 16-bit LoRA: trained on the released weights, served on them
-        return (f"# the adapters on {base} as released: the weights they were trained on" if adapters else
-                f"# the adapter merged into {cfg.model.name} as released: the weights it was trained on")
+        return (
+            f"# the adapters on {base} as released: the weights they were trained on"
+            if adapters
+            else f"# the adapter merged into {cfg.model.name} as released: the weights it was trained on"
+        )
     if not adapters:
-        return (f"# the adapter merged into {cfg.model.name}'s 4-bit NF4 weights, dequantized once: the weights QLoRA "
-                f"trained it on, so it answers as the trained model (notebook 04, section 1)")
-    return (f"# the adapters on {base} as released, unquantized: QLoRA trained them on its 4-bit NF4 weights, which "
-            f"are not the same weights, so the answers drift from the trained model's (notebook 04, section 3 "
-            f"measures it: merge (b), into the original weights). To serve exactly what was trained, merge each "
-            f"adapter into the NF4 weights dequantized (merge.merge with adapter_dir=..., then merge.save_merged with "
-            f"target=...), as the course did for its own adapter in {cfg.artifact_dir('merged')}, and serve that "
-            f"folder as above.")
+        return (
+            f"# the adapter merged into {cfg.model.name}'s 4-bit NF4 weights, dequantized once: the weights QLoRA "
+            f"trained it on, so it answers as the trained model (notebook 04, section 1)"
+        )
+    return (
+        f"# the adapters on {base} as released, unquantized: QLoRA trained them on its 4-bit NF4 weights, which "
+        f"are not the same weights, so the answers drift from the trained model's (notebook 04, section 3 "
+        f"measures it: merge (b), into the original weights). To serve exactly what was trained, merge each "
+        f"adapter into the NF4 weights dequantized (merge.merge with adapter_dir=..., then merge.save_merged with "
+        f"target=...), as the course did for its own adapter in {cfg.artifact_dir('merged')}, and serve that "
+        f"folder as above."
+    )
 
 
 def shell(cmd: Sequence[str]) -> str:
@@ -198,23 +251,32 @@ def wait_until_ready(server: Server, timeout_s: float = 180.0) -> float:
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout_s:
         if server.process.poll() is not None:
-            raise ServerError(f"transformers serve exited with code {server.process.returncode} before answering; "
-                              f"its log ({server.log_path}) ends with: {' '.join(server.log_tail(600).split())}")
+            raise ServerError(
+                f"transformers serve exited with code {server.process.returncode} before answering; "
+                f"its log ({server.log_path}) ends with: {' '.join(server.log_tail(600).split())}"
+            )
         try:
             if _get_json(f"http://{server.host}:{server.port}/health").get("status") == "ok":
                 return time.perf_counter() - t0
         except OSError:
             pass
         time.sleep(0.5)
-    raise ServerError(f"transformers serve did not answer on {server.host}:{server.port} within {timeout_s:.0f} s "
-                      f"(log: {server.log_path}); a busy CPU loads slowly: raise timeout_s.")
+    raise ServerError(
+        f"transformers serve did not answer on {server.host}:{server.port} within {timeout_s:.0f} s "
+        f"(log: {server.log_path}); a busy CPU loads slowly: raise timeout_s."
+    )
 
 
 def server_env(threads: int | None = None) -> dict[str, str]:
     """The server's environment: offline (a local folder needs no hub), no telemetry, optionally fewer threads."""
     # The CLI's entry point also asks PyPI once a day for a newer transformers: HF_HUB_DISABLE_UPDATE_CHECK skips it.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_UPDATE_CHECK="1",
-               TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+        TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+    )
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -230,8 +292,14 @@ def release_models() -> None:
         free_memory()
 
 
-def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = None, timeout_s: float = 180.0,
-                 log_path: Path | None = None, threads: int | None = None) -> Server:
+def start_server(
+    cfg: CourseConfig,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    timeout_s: float = 180.0,
+    log_path: Path | None = None,
+    threads: int | None = None,
+) -> Server:
     """Start ``transformers serve`` with the merged model on ``host`` (loopback by default) and a free port, and wait
     until it answers (notebook 05, section 10). Stop it with ``server.stop()`` or a ``with`` block."""
     if not serving_available():
@@ -240,14 +308,24 @@ def start_server(cfg: CourseConfig, host: str = "127.0.0.1", port: int | None = 
     cmd = serve_command(cfg, host, port)
     release_models()
     # The `transformers` script of *this* interpreter, whatever is first on PATH.
-    argv = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
-            *cmd[1:]]
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; from transformers.cli.transformers import main; sys.exit(main())",
+        *cmd[1:],
+    ]
     log_path = Path(log_path or cfg.output_dir / "serve" / f"transformers-serve-{port}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")
     t0 = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=server_env(threads), start_new_session=True)
+    process = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=server_env(threads),
+        start_new_session=True,
+    )
     server = Server(process, host, port, cmd[2], log_path, _log=log)
     try:
         wait_until_ready(server, timeout_s)
@@ -269,9 +347,18 @@ def served_llm(base_url: str, model: str, cfg: CourseConfig, timeout_s: float = 
     except ImportError as exc:
         raise ServerError(f"{LLAMAINDEX_HELP} (import failed: {exc})") from None
 
-    return OpenAILike(model=model, api_base=base_url, api_key=API_KEY, is_chat_model=True,
-                      is_function_calling_model=False, temperature=0.0, max_tokens=cfg.model.max_new_tokens,
-                      context_window=cfg.model.max_length, timeout=timeout_s, max_retries=0)
+    return OpenAILike(
+        model=model,
+        api_base=base_url,
+        api_key=API_KEY,
+        is_chat_model=True,
+        is_function_calling_model=False,
+        temperature=0.0,
+        max_tokens=cfg.model.max_new_tokens,
+        context_window=cfg.model.max_length,
+        timeout=timeout_s,
+        max_retries=0,
+    )
 
 
 def served_prompt(model_path: str | Path, messages: Sequence[Mapping[str, str]]) -> str:
@@ -288,5 +375,7 @@ def template_matches(cfg: CourseConfig, messages: Sequence[Mapping[str, str]]) -
     from .models import load_tokenizer
 
     path = served_model_path(cfg)
-    local = load_tokenizer(cfg, str(path)).apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    local = load_tokenizer(cfg, str(path)).apply_chat_template(
+        list(messages), add_generation_prompt=True, tokenize=False
+    )
     return served_prompt(path, messages) == local

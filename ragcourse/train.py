@@ -43,8 +43,10 @@ def ensure_pad_token(tokenizer: Any) -> str:
         if token in vocab and vocab[token] != tokenizer.eos_token_id:
             tokenizer.pad_token = token
             return token
-    raise ValueError("The tokenizer has no spare token to pad with; add one with tokenizer.add_special_tokens "
-                     "({'pad_token': '<|pad|>'}) and model.resize_token_embeddings(len(tokenizer)).")
+    raise ValueError(
+        "The tokenizer has no spare token to pad with; add one with tokenizer.add_special_tokens "
+        "({'pad_token': '<|pad|>'}) and model.resize_token_embeddings(len(tokenizer))."
+    )
 
 
 def input_grads_for_checkpointing(cfg: CourseConfig, model: Any) -> bool:
@@ -101,13 +103,15 @@ def tracker(cfg: CourseConfig) -> str:
 
     name = cfg.training.report_to
     if name != "none" and importlib.util.find_spec(name) is None:  # each tracker's module is named as its package
-        raise ConfigError(f"training.report_to: {name} is not installed: pip install {name} "
-                          "(or set training.report_to: none).")
+        raise ConfigError(
+            f"training.report_to: {name} is not installed: pip install {name} (or set training.report_to: none)."
+        )
     return name
 
 
-def sft_config_kwargs(cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None,
-                      **overrides: Any) -> dict[str, Any]:
+def sft_config_kwargs(
+    cfg: CourseConfig, output_dir: str | Path, hw: Hardware | None = None, **overrides: Any
+) -> dict[str, Any]:
     """``trl.SFTConfig``'s arguments from the course config (notebook 03, section 5): precision from the hardware,
     evaluation and early stopping on validation loss, checkpoints; ``overrides`` replace single ones."""
     hw = hw or detect_hardware()
@@ -188,11 +192,18 @@ def preflight(trainer: Any, tokenizer: Any, index: int = 0) -> Preflight:
     ids = batch["input_ids"][0].tolist()
     labels = batch["labels"][0].tolist()
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    table = pd.DataFrame({"token": tokens, "id": ids, "carries_loss": [l != -100 for l in labels]})
-    trained = [i for i, l in zip(ids, labels) if l != -100]
+    table = pd.DataFrame({"token": tokens, "id": ids, "carries_loss": [label != -100 for label in labels]})
+    trained = [i for i, label in zip(ids, labels) if label != -100]
     # The template may add a newline after EOS; what matters is that the answer's closing EOS is a target.
-    return Preflight(table, tokenizer.pad_token, tokenizer.eos_token, tokenizer.pad_token_id == tokenizer.eos_token_id,
-                     tokenizer.eos_token_id in trained[-2:], len(trained), len(ids))
+    return Preflight(
+        table,
+        tokenizer.pad_token,
+        tokenizer.eos_token,
+        tokenizer.pad_token_id == tokenizer.eos_token_id,
+        tokenizer.eos_token_id in trained[-2:],
+        len(trained),
+        len(ids),
+    )
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -282,14 +293,18 @@ def non_finite_loss_message(which: str, value: float, step: int, fp16: bool) -> 
     """What a NaN/inf ``which`` ("training" or "validation") loss at ``step`` most likely means, and what to change."""
     head = f"The {which} loss is {value} at step {step}: training stopped, nothing after this point would learn."
     if fp16:
-        return (f"{head} Cause: fp16 compute overflowed. fp16's largest value is 65,504, and models trained in bf16 "
-                f"(Qwen2.5 among them) produce activations beyond it: NaN logits, then '!!!!' answers. Fix: compute in "
-                f"fp32 (model.torch_dtype: float32 and quantization.bnb_4bit_compute_dtype: float32; slower, more "
-                f"memory), or train on a GPU with native bf16 (compute capability 8.0 or newer: A10G, L4, A100, "
-                f"RTX 30xx/40xx), where `auto` picks bf16.")
-    return (f"{head} Cause: the updates diverged (a learning rate too high for this batch) or an example carries no "
-            f"answer tokens. Fix: lower training.learning_rate (or add warmup_steps), and check the dataset's "
-            f"completions in notebook 01.")
+        return (
+            f"{head} Cause: fp16 compute overflowed. fp16's largest value is 65,504, and models trained in bf16 "
+            f"(Qwen2.5 among them) produce activations beyond it: NaN logits, then '!!!!' answers. Fix: compute in "
+            f"fp32 (model.torch_dtype: float32 and quantization.bnb_4bit_compute_dtype: float32; slower, more "
+            f"memory), or train on a GPU with native bf16 (compute capability 8.0 or newer: A10G, L4, A100, "
+            f"RTX 30xx/40xx), where `auto` picks bf16."
+        )
+    return (
+        f"{head} Cause: the updates diverged (a learning rate too high for this batch) or an example carries no "
+        f"answer tokens. Fix: lower training.learning_rate (or add warmup_steps), and check the dataset's "
+        f"completions in notebook 01."
+    )
 
 
 def stop_on_non_finite_loss() -> Any:
@@ -309,8 +324,11 @@ def stop_on_non_finite_loss() -> Any:
             for key, which in (("loss", "training"), ("eval_loss", "validation")):
                 value = (values or {}).get(key)
                 if value is not None and not math.isfinite(float(value)):
-                    raise NonFiniteLossError(non_finite_loss_message(which, float(value), state.global_step,
-                                                                     bool(getattr(args, "fp16", False))))
+                    raise NonFiniteLossError(
+                        non_finite_loss_message(
+                            which, float(value), state.global_step, bool(getattr(args, "fp16", False))
+                        )
+                    )
 
         def on_train_begin(self, args, state, control, **kwargs):
             args.logging_nan_inf_filter = False  # the Trainer reads it at every step: a NaN is logged as NaN
@@ -347,6 +365,7 @@ def score_loss_positions_only() -> bool:
     if original is None:
         return False
     if not getattr(original, "_ragcourse", False):
+
         def compact(device: Any) -> bool:
             return device.type == "cpu" or original(device)
 
@@ -361,8 +380,10 @@ def trainer_callbacks(cfg: CourseConfig) -> list[Any]:
     (``training.early_stopping_patience`` evaluations without improvement) and a stop at the first NaN/inf loss."""
     from transformers import EarlyStoppingCallback
 
-    return [EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience),
-            stop_on_non_finite_loss()]
+    return [
+        EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience),
+        stop_on_non_finite_loss(),
+    ]
 
 
 def keep_adapters_fp32(trainer: Any) -> int:
@@ -384,8 +405,16 @@ def keep_adapters_fp32(trainer: Any) -> int:
     return n
 
 
-def make_trainer(cfg: CourseConfig, model: Any, tokenizer: Any, dataset: "DatasetDict", output_dir: str | Path,
-                 callbacks: list[Any] | None = None, hw: Hardware | None = None, **overrides: Any):
+def make_trainer(
+    cfg: CourseConfig,
+    model: Any,
+    tokenizer: Any,
+    dataset: "DatasetDict",
+    output_dir: str | Path,
+    callbacks: list[Any] | None = None,
+    hw: Hardware | None = None,
+    **overrides: Any,
+):
     """``trl.SFTTrainer`` on the prompt/completion columns, with early stopping on validation loss.
 
     Notebook 03 (section 5) writes out these very calls.
@@ -442,8 +471,10 @@ def prepare_checkpoints(trainer: Any, cfg: CourseConfig, resume: bool = False) -
                 saved = None
             reason = difference(saved, fingerprint) if saved is not None else "they carry no record of their inputs"
             if reason:
-                raise ResumeRefused(f"--resume refused: the checkpoints in {output_dir} were made from other inputs "
-                                    f"({reason}). Train without --resume to start over.")
+                raise ResumeRefused(
+                    f"--resume refused: the checkpoints in {output_dir} were made from other inputs "
+                    f"({reason}). Train without --resume to start over."
+                )
         print(f"resuming from {checkpoint}" if checkpoint else "no complete checkpoint: starting from the beginning")
     if checkpoint is None and trainer.is_world_process_zero():
         old = sorted(output_dir.glob("*checkpoint-*"))
@@ -463,8 +494,14 @@ def run_training(trainer: Any, cfg: CourseConfig, resume: bool = False) -> Any:
     return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path | None = None,
-                 loss_png: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    trainer: Any,
+    tokenizer: Any,
+    cfg: CourseConfig,
+    target: Path | None = None,
+    loss_png: Path | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Adapter + tokenizer (with chat template) + loss history + manifest, written atomically."""
     from .artifacts import atomic_dir, write_manifest
 
@@ -478,8 +515,16 @@ def save_adapter(trainer: Any, tokenizer: Any, cfg: CourseConfig, target: Path |
         (tmp / "log_history.json").write_text(json.dumps(history, indent=2))
         if loss_png is not None and Path(loss_png).is_file():
             shutil.copy(loss_png, tmp / "loss_curve.png")
-        write_manifest(tmp, cfg, "adapter", best_checkpoint=trainer.state.best_model_checkpoint, best_eval_loss=trainer.state.best_metric,
-                       global_step=trainer.state.global_step, num_processes=trainer.args.world_size, **(extra or {}))
+        write_manifest(
+            tmp,
+            cfg,
+            "adapter",
+            best_checkpoint=trainer.state.best_model_checkpoint,
+            best_eval_loss=trainer.state.best_metric,
+            global_step=trainer.state.global_step,
+            num_processes=trainer.args.world_size,
+            **(extra or {}),
+        )
     return target
 
 

@@ -30,9 +30,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from nbformat import NotebookNode
 
 __all__ = [
-    "Navigation", "colab_install_command", "fix_navigation", "in_colab", "learner_copy", "link_problems",
-    "navigation", "notebook_order", "setup_cell_problems", "setup_cell_source", "stale_learner_copies",
-    "write_learner_copies", "write_setup_cells",
+    "Navigation",
+    "colab_install_command",
+    "fix_navigation",
+    "in_colab",
+    "learner_copy",
+    "link_problems",
+    "navigation",
+    "notebook_order",
+    "setup_cell_problems",
+    "setup_cell_source",
+    "stale_learner_copies",
+    "write_learner_copies",
+    "write_setup_cells",
 ]
 
 SOLUTION_TAG = "solution"
@@ -124,8 +134,9 @@ def _orphans(expected: dict[Path, str], dst: Path) -> list[Path]:
     return sorted(p for p in dst.glob(NOTEBOOK_GLOB) if p not in expected) if dst.is_dir() else []
 
 
-def write_learner_copies(src_dir: str | os.PathLike[str] = "notebooks",
-                         dst_dir: str | os.PathLike[str] = "notebooks/learner") -> list[Path]:
+def write_learner_copies(
+    src_dir: str | os.PathLike[str] = "notebooks", dst_dir: str | os.PathLike[str] = "notebooks/learner"
+) -> list[Path]:
     """Write the learner copy of every course notebook into ``dst_dir``; returns the paths it changed.
 
     Same input, byte-identical output (cell ids kept). Each file is written atomically; a copy whose
@@ -144,8 +155,9 @@ def write_learner_copies(src_dir: str | os.PathLike[str] = "notebooks",
     return changed
 
 
-def stale_learner_copies(src_dir: str | os.PathLike[str] = "notebooks",
-                         dst_dir: str | os.PathLike[str] = "notebooks/learner") -> list[str]:
+def stale_learner_copies(
+    src_dir: str | os.PathLike[str] = "notebooks", dst_dir: str | os.PathLike[str] = "notebooks/learner"
+) -> list[str]:
     """Names of learner copies that are missing, differ from what would be generated, or have no source."""
     src, dst = _dir(src_dir), _dir(dst_dir)
     expected = _expected_copies(src, dst)
@@ -169,8 +181,10 @@ class Navigation:
 def navigation(directory: str | os.PathLike[str] = "notebooks") -> list[Navigation]:
     """The expected Colab badge URL and previous/next notebook of each course notebook, in order."""
     names = [p.name for p in notebook_order(directory)]
-    return [Navigation(name, colab_url(name), names[i - 1] if i > 0 else None, names[i + 1] if i + 1 < len(names) else None)
-            for i, name in enumerate(names)]
+    return [
+        Navigation(name, colab_url(name), names[i - 1] if i > 0 else None, names[i + 1] if i + 1 < len(names) else None)
+        for i, name in enumerate(names)
+    ]
 
 
 def _first_markdown(nb: NotebookNode) -> NotebookNode | None:
@@ -180,8 +194,11 @@ def _first_markdown(nb: NotebookNode) -> NotebookNode | None:
 def _problems(text: str, nav: Navigation, directory: Path) -> list[str]:
     name = nav.notebook
     problems = [] if colab_badge(name) in text else [f"{name}: no Colab badge for {nav.badge_url}"]
-    problems += [f"{name}: link to {target}, which does not exist"
-                 for target in RELATIVE_NOTEBOOK_LINK.findall(text) if not (directory / target).is_file()]
+    problems += [
+        f"{name}: link to {target}, which does not exist"
+        for target in RELATIVE_NOTEBOOK_LINK.findall(text)
+        if not (directory / target).is_file()
+    ]
     for kind, expected in (("Previous", nav.previous), ("Next", nav.next)):
         targets = [target for k, _, target in NAV_LINK.findall(text) if k == kind]
         if expected is not None and not targets:
@@ -206,7 +223,9 @@ def link_problems(directory: str | os.PathLike[str] = "notebooks") -> list[str]:
 def _title_label(path: Path) -> str:
     """Fallback link text: the notebook's H1 up to its colon ("01 · Data prep")."""
     cell = _first_markdown(_read(path))
-    heading = next((l for l in (cell.source.splitlines() if cell else []) if l.startswith("# ")), f"# {path.stem}")
+    heading = next(
+        (line for line in (cell.source.splitlines() if cell else []) if line.startswith("# ")), f"# {path.stem}"
+    )
     return heading[2:].split(":", 1)[0].strip()
 
 
@@ -233,13 +252,16 @@ def fix_navigation(directory: str | os.PathLike[str] = "notebooks") -> list[Path
         cell = _first_markdown(nb)
         if cell is None or not _problems(cell.source, nav, root):
             continue
-        links = [f"{kind}: [{labels.get(t) or _title_label(root / t)}]({t})"
-                 for kind, t in (("Previous", nav.previous), ("Next", nav.next)) if t is not None]
+        links = [
+            f"{kind}: [{labels.get(t) or _title_label(root / t)}]({t})"
+            for kind, t in (("Previous", nav.previous), ("Next", nav.next))
+            if t is not None
+        ]
         line = " · ".join([colab_badge(nav.notebook), *links])
         lines = cell.source.split("\n")
-        at = [i for i, l in enumerate(lines) if "colab-badge.svg" in l or NAV_LINK.search(l)]
+        at = [i for i, old in enumerate(lines) if "colab-badge.svg" in old or NAV_LINK.search(old)]
         if at:
-            lines = [line if i == at[0] else l for i, l in enumerate(lines) if i == at[0] or i not in at]
+            lines = [line if i == at[0] else old for i, old in enumerate(lines) if i == at[0] or i not in at]
         else:
             lines += ["", line]
         cell.source = "\n".join(lines)
@@ -269,18 +291,25 @@ SETUP_MARKER = "# Setup"
 
 def setup_cell_source(checkout: str = "/content/ragcourse") -> str:
     """The first code cell of every notebook: on Colab, clone the course and run ``ragcourse.colab.setup``."""
-    clone = ["git", "clone", "--depth=1", f"--branch={BRANCH}", repository_url(), checkout]
-    return "\n".join([
-        "# Setup (Colab only): fetch the course, install what Colab lacks, choose where outputs are kept.",
-        "# Generated by `ragcourse setup-cells`; the same in every notebook.",
-        "import os, subprocess, sys",
-        'if "google.colab" in sys.modules:',
-        f"    if not os.path.isdir({json.dumps(checkout)}):",
-        f"        subprocess.run({json.dumps(clone)}, check=True)",
-        f"    sys.path.insert(0, {json.dumps(checkout)})",
-        "    from ragcourse import colab",
-        f"    colab.setup({json.dumps(checkout)})  # restarts the runtime once if pip replaced an imported package",
-    ])
+    clone = ["git", "clone", "--depth=1", f"--branch={BRANCH}"]
+    return "\n".join(
+        [
+            "# Setup (Colab only): fetch the course, install what Colab lacks, choose where outputs are kept.",
+            "# Generated by `ragcourse setup-cells`; the same in every notebook.",
+            "import os",
+            "import subprocess",
+            "import sys",
+            "",
+            'if "google.colab" in sys.modules:',
+            f"    if not os.path.isdir({json.dumps(checkout)}):",
+            f"        repo = {json.dumps(repository_url())}",
+            f"        subprocess.run({json.dumps(clone)[:-1]}, repo, {json.dumps(checkout)}], check=True)",
+            f"    sys.path.insert(0, {json.dumps(checkout)})",
+            "    from ragcourse import colab",
+            "",
+            f"    colab.setup({json.dumps(checkout)})  # restarts the runtime once if pip replaced an imported package",
+        ]
+    )
 
 
 def _setup_cell(nb: NotebookNode) -> NotebookNode | None:

@@ -60,10 +60,15 @@ REQUIREMENTS = ROOT / "requirements-colab.txt"
 PYTHON_VERSION = "3.13"  # Colab's Python (snapshot header)
 # Colab runs Ubuntu 22.04 (glibc 2.35): every manylinux tag up to 2_35, plus the legacy aliases.
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 36)] + [
-    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
 # Preloaded packages the install must never change: the kernel has them imported, or they are Colab's CUDA stack.
-NEVER = re.compile(r"^(torch|torchvision|torchaudio|torchcodec|triton|numpy|pandas|nvidia-.*|cuda-.*|jax|jaxlib|"
-                   r"tensorflow|ipykernel|ipython|jupyter.*|notebook|tornado|google-colab)$")
+NEVER = re.compile(
+    r"^(torch|torchvision|torchaudio|torchcodec|triton|numpy|pandas|nvidia-.*|cuda-.*|jax|jaxlib|"
+    r"tensorflow|ipykernel|ipython|jupyter.*|notebook|tornado|google-colab)$"
+)
 # Protected as well, but a floor of the course's libraries may force a move: allowed only when the checked
 # requirements file pins the package itself (a reviewed, commented move; the setup cell then restarts once).
 PROTECTED = re.compile(r"^(pyarrow|transformers|tokenizers|safetensors|accelerate|peft|sentence-transformers)$")
@@ -100,8 +105,8 @@ def read_snapshot(path: Path) -> dict[str, str]:
 
 def read_requirement_lines(path: Path) -> list[str]:
     """The requirement lines of a requirements/constraints file (comments, blanks and options dropped)."""
-    lines = [l.split(" #", 1)[0].strip() for l in path.read_text().splitlines()]
-    return [l for l in lines if l and not l.startswith(("#", "-"))]
+    lines = [line.split(" #", 1)[0].strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
 
 
 def pyproject_dependencies() -> list[str]:
@@ -144,9 +149,11 @@ def stub_wheel(folder: Path, name: str, version: str, metadata: Metadata | None 
     path = folder / stub_filename(name, version)
     dist = path.name.removesuffix("-py3-none-any.whl")
     header = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + (metadata.lines() if metadata else "")
-    files = {f"{dist}.dist-info/METADATA": header,
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: colab-snapshot\nRoot-Is-Purelib: true\n"
-                                        "Tag: py3-none-any\n"}
+    files = {
+        f"{dist}.dist-info/METADATA": header,
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: colab-snapshot\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
     record = [_record_line(n, t) for n, t in files.items()]
     files[f"{dist}.dist-info/RECORD"] = "\n".join(record + [f"{dist}.dist-info/RECORD,,"]) + "\n"
     with zipfile.ZipFile(path, "w") as zf:
@@ -161,14 +168,32 @@ def pip_env() -> dict[str, str]:
     return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
-def dry_run(requirements: list[str], workdir: Path, constraints: Path | None = None, colab_target: bool = True,
-            no_deps: bool = False, binary_only: bool = True) -> tuple[dict, str]:
+def dry_run(
+    requirements: list[str],
+    workdir: Path,
+    constraints: Path | None = None,
+    colab_target: bool = True,
+    no_deps: bool = False,
+    binary_only: bool = True,
+) -> tuple[dict, str]:
     """``pip install --dry-run --report``; returns (the report, pip's output). Raises RuntimeError when pip fails."""
     req_file, report = workdir / f"req-{len(list(workdir.glob('req-*')))}.txt", workdir / "report.json"
     req_file.write_text("\n".join(requirements) + "\n")
     report.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--progress-bar", "off",
-           "--report", str(report), "-r", str(req_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--progress-bar",
+        "off",
+        "--report",
+        str(report),
+        "-r",
+        str(req_file),
+    ]
     if colab_target:
         cmd += ["--target", str(workdir / "target"), "--python-version", PYTHON_VERSION]
         cmd += ["--only-binary=:all:"] if binary_only else ["--prefer-binary"]  # the latter needs --no-deps
@@ -189,7 +214,10 @@ def installs(report: dict) -> Install:
     out = Install()
     for item in report["install"]:
         meta = item["metadata"]
-        out.packages[canonicalize_name(meta["name"])] = (meta["version"], item["download_info"]["url"].rsplit("/", 1)[-1])
+        out.packages[canonicalize_name(meta["name"])] = (
+            meta["version"],
+            item["download_info"]["url"].rsplit("/", 1)[-1],
+        )
     return out
 
 
@@ -199,16 +227,23 @@ def sdist_dependencies(requirements: list[str], workdir: Path) -> tuple[list[str
     if not sdists:
         return requirements, [], Install()
     report, _ = dry_run(sdists, workdir, colab_target=False, no_deps=True)  # builds metadata only (pure Python)
-    deps = [d for item in report["install"] for d in item["metadata"].get("requires_dist", [])
-            if "extra ==" not in d]
+    deps = [d for item in report["install"] for d in item["metadata"].get("requires_dist", []) if "extra ==" not in d]
     return [r for r in requirements if r not in sdists], deps, installs(report)
 
 
 def colab_markers(extra: str = "") -> dict[str, str]:
     """Environment markers of Colab's runtime (Linux x86_64, CPython ``PYTHON_VERSION``)."""
-    return {"python_version": PYTHON_VERSION, "python_full_version": f"{PYTHON_VERSION}.0", "sys_platform": "linux",
-            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": extra}
+    return {
+        "python_version": PYTHON_VERSION,
+        "python_full_version": f"{PYTHON_VERSION}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": extra,
+    }
 
 
 def unmet(dependencies: list[str], final: dict[str, str]) -> list[str]:
@@ -241,22 +276,26 @@ def registry_metadata(pins: dict[str, str], workdir: Path) -> dict[str, Metadata
     Colab's Python and platform (wheels preferred; an sdist-only version has its metadata prepared by pip)."""
     public = {n: Version(v).public for n, v in pins.items() if (n, v) not in _METADATA}
     if public:
-        report, _ = dry_run([f"{n}=={v}" for n, v in sorted(public.items())], workdir, no_deps=True,
-                            binary_only=False)
+        report, _ = dry_run([f"{n}=={v}" for n, v in sorted(public.items())], workdir, no_deps=True, binary_only=False)
         for item in report["install"]:
             meta, name = item["metadata"], canonicalize_name(item["metadata"]["name"])
             local = Version(pins[name]).local is not None
-            requires = tuple(r for r in meta.get("requires_dist", [])
-                             if not (local and LOCAL_BUILD_OWN.match(canonicalize_name(Requirement(r).name))))
-            _METADATA[name, pins[name]] = Metadata(requires, tuple(meta.get("provides_extra", [])),
-                                                   meta.get("requires_python"))
+            requires = tuple(
+                r
+                for r in meta.get("requires_dist", [])
+                if not (local and LOCAL_BUILD_OWN.match(canonicalize_name(Requirement(r).name)))
+            )
+            _METADATA[name, pins[name]] = Metadata(
+                requires, tuple(meta.get("provides_extra", [])), meta.get("requires_python")
+            )
     return {n: _METADATA[n, v] for n, v in pins.items()}
 
 
 def reached(report: dict, roots: list[str]) -> set[str]:
     """The distributions the roots' dependency graph reaches in a pip report (markers evaluated for Colab)."""
-    requires = {canonicalize_name(i["metadata"]["name"]): i["metadata"].get("requires_dist", [])
-                for i in report["install"]}
+    requires = {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"].get("requires_dist", []) for i in report["install"]
+    }
     seen: set[str] = set()
     todo = [Requirement(r) for r in roots]
     while todo:
@@ -273,8 +312,9 @@ def reached(report: dict, roots: list[str]) -> set[str]:
     return seen
 
 
-def resolve(requirements: list[str], constraints: Path | None, kept: dict[str, str],
-            from_pyproject: bool) -> dict[str, tuple[str, str]]:
+def resolve(
+    requirements: list[str], constraints: Path | None, kept: dict[str, str], from_pyproject: bool
+) -> dict[str, tuple[str, str]]:
     """What pip would install, with the ``kept`` preloaded packages as stand-ins: {name: (version, file name)}.
 
     The stand-ins of the packages the install reaches carry their real requirements (fixed point, see the module
@@ -300,35 +340,54 @@ def resolve(requirements: list[str], constraints: Path | None, kept: dict[str, s
 
 def conflict_summary(pip_output: str, lines: int = 12) -> str:
     """pip's explanation of a failed resolution, without the download chatter (at most ``lines`` conflict lines)."""
-    noise = ("Collecting ", "Processing ", "Looking in ", "  Downloading ", "  Using cached ", "Requirement already",
-             "INFO: ", "To fix this", "1. loosen", "2. remove")
-    kept = [l for l in pip_output.splitlines() if l.strip() and not l.startswith(noise)]
-    causes = [l for l in kept if l.startswith("    ")]
-    rest = [l for l in kept if not l.startswith("    ")]
-    return "\n".join(rest[:1] + causes[:lines] + ([f"    ... {len(causes) - lines} more"] if len(causes) > lines else [])
-                     + [l for l in rest[1:] if l.startswith("ERROR")][:1])
+    noise = (
+        "Collecting ",
+        "Processing ",
+        "Looking in ",
+        "  Downloading ",
+        "  Using cached ",
+        "Requirement already",
+        "INFO: ",
+        "To fix this",
+        "1. loosen",
+        "2. remove",
+    )
+    kept = [line for line in pip_output.splitlines() if line.strip() and not line.startswith(noise)]
+    causes = [line for line in kept if line.startswith("    ")]
+    rest = [line for line in kept if not line.startswith("    ")]
+    return "\n".join(
+        rest[:1]
+        + causes[:lines]
+        + ([f"    ... {len(causes) - lines} more"] if len(causes) > lines else [])
+        + [line for line in rest[1:] if line.startswith("ERROR")][:1]
+    )
 
 
 def may_move(requirements: list[str], constraints: Path | None, snapshot: dict[str, str]) -> set[str]:
     """Preloaded packages pip may replace: a requirement their version does not meet names them, or a constraint does
     (pip on Colab keeps every other installed package)."""
-    names = {canonicalize_name(r.name) for r in map(Requirement, requirements)
-             if canonicalize_name(r.name) in snapshot
-             and not r.specifier.contains(Version(snapshot[canonicalize_name(r.name)]), prereleases=True)}
+    names = {
+        canonicalize_name(r.name)
+        for r in map(Requirement, requirements)
+        if canonicalize_name(r.name) in snapshot
+        and not r.specifier.contains(Version(snapshot[canonicalize_name(r.name)]), prereleases=True)
+    }
     if constraints is not None:
         names |= {canonicalize_name(Requirement(r).name) for r in read_requirement_lines(constraints)}
     return names
 
 
-def resolve_for_colab(requirements: list[str], constraints: Path | None, snapshot: dict[str, str], movable: set[str],
-                      from_pyproject: bool) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
+def resolve_for_colab(
+    requirements: list[str], constraints: Path | None, snapshot: dict[str, str], movable: set[str], from_pyproject: bool
+) -> tuple[dict[str, tuple[str, str]] | None, str | None]:
     """(what pip installs, why the strict resolution failed). Strict: every preloaded package not in ``movable``
     stays. If that fails, relaxed: only the protected ones stay, to list what else would move; if that fails too,
     free: nothing stays, to show which protected package pip would replace (pip on Colab would, e.g. torch when a
     pin conflicts with its ``setuptools<82``). (None, why) when nothing resolves."""
     try:
-        return resolve(requirements, constraints, {n: v for n, v in snapshot.items() if n not in movable},
-                       from_pyproject), None
+        return resolve(
+            requirements, constraints, {n: v for n, v in snapshot.items() if n not in movable}, from_pyproject
+        ), None
     except RuntimeError as exc:
         strict_error = str(exc)
     print("\npip cannot keep every preloaded package the install does not name:\n" + conflict_summary(strict_error))
@@ -344,8 +403,10 @@ def resolve_for_colab(requirements: list[str], constraints: Path | None, snapsho
     except RuntimeError as exc:
         print("\npip cannot resolve it at all on Colab's Python and platform:\n" + conflict_summary(str(exc)))
         return None, strict_error
-    print("Resolved again keeping nothing, as pip on Colab would when it may replace anything (every move below is "
-          "an upper bound; the protected ones are what breaks the runtime):")
+    print(
+        "Resolved again keeping nothing, as pip on Colab would when it may replace anything (every move below is "
+        "an upper bound; the protected ones are what breaks the runtime):"
+    )
     return got, strict_error
 
 
@@ -364,8 +425,10 @@ def print_changes(got: dict[str, tuple[str, str]], snapshot: dict[str, str], pin
         print(f"  ~ {n} {old} -> {new}  ({note})")
     print("Changed preloaded packages (protected): " + (", ".join(protected) if protected else "none"))
     if on_purpose:
-        print("Protected packages moved on purpose (pinned in the requirements file, forced by a floor; the setup cell "
-              "restarts the runtime once): " + ", ".join(f"{n} {moved[n][0]} -> {moved[n][1]}" for n in on_purpose))
+        print(
+            "Protected packages moved on purpose (pinned in the requirements file, forced by a floor; the setup cell "
+            "restarts the runtime once): " + ", ".join(f"{n} {moved[n][0]} -> {moved[n][1]}" for n in on_purpose)
+        )
     return protected
 
 
@@ -374,28 +437,45 @@ def check(requirement_source: str, constraints: Path | None, snapshot_path: Path
     snapshot = read_snapshot(snapshot_path)
     from_pyproject = requirement_source == "pyproject"
     requirements = pyproject_dependencies() if from_pyproject else read_requirement_lines(Path(requirement_source))
-    pinned = set() if from_pyproject else {canonicalize_name(Requirement(r).name) for r in requirements
-                                           if str(Requirement(r).specifier).startswith("==")}
+    pinned = (
+        set()
+        if from_pyproject
+        else {
+            canonicalize_name(Requirement(r).name)
+            for r in requirements
+            if str(Requirement(r).specifier).startswith("==")
+        }
+    )
     shown = requirement_source if from_pyproject else os.path.relpath(requirement_source, ROOT)
-    how = " (the package with its dependencies)" if from_pyproject else f" + the package --no-deps + {' '.join(NO_DEPS)} --no-deps"
-    print(f"Colab snapshot: {snapshot_path.relative_to(ROOT)} ({len(snapshot)} packages, Python {PYTHON_VERSION}, "
-          f"manylinux up to 2_35)")
+    how = (
+        " (the package with its dependencies)"
+        if from_pyproject
+        else f" + the package --no-deps + {' '.join(NO_DEPS)} --no-deps"
+    )
+    print(
+        f"Colab snapshot: {snapshot_path.relative_to(ROOT)} ({len(snapshot)} packages, Python {PYTHON_VERSION}, "
+        f"manylinux up to 2_35)"
+    )
     print(f"Install checked: {shown}" + (f" with -c {constraints}" if constraints else "") + how)
     t0 = time.perf_counter()
     movable = may_move(requirements, constraints, snapshot)
     got, strict_error = resolve_for_colab(requirements, constraints, snapshot, movable, from_pyproject)
     if got is None:
-        print("\nFAIL: no resolution (a package lacks a CPython 3.13 wheel, or a requirement conflicts with a "
-              "protected package)")
+        print(
+            "\nFAIL: no resolution (a package lacks a CPython 3.13 wheel, or a requirement conflicts with a "
+            "protected package)"
+        )
         return 1
     print(f"pip resolved it in {time.perf_counter() - t0:.0f} s.\n")
     protected = print_changes(got, snapshot, pinned)
     missing = [] if from_pyproject else unmet(pyproject_dependencies(), snapshot | {n: v for n, (v, _) in got.items()})
     if missing:
         print("Package dependencies (pyproject.toml) not met after the install:\n  " + "\n  ".join(missing))
-    problems = [strict_error and "preloaded packages the requirements file does not name would move (name them, with why)",
-                protected and f"protected packages would change: {', '.join(protected)}",
-                missing and "the package's dependencies are not all installed (add them to requirements-colab.txt)"]
+    problems = [
+        strict_error and "preloaded packages the requirements file does not name would move (name them, with why)",
+        protected and f"protected packages would change: {', '.join(protected)}",
+        missing and "the package's dependencies are not all installed (add them to requirements-colab.txt)",
+    ]
     problems = [p for p in problems if p]
     print("FAIL: " + "; ".join(problems) if problems else "PASS")
     return 1 if problems else 0
@@ -403,10 +483,15 @@ def check(requirement_source: str, constraints: Path | None, snapshot_path: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--requirements", default=str(REQUIREMENTS),
-                        help="requirements file to check, or 'pyproject' for the package with its dependencies "
-                             "(default: requirements-colab.txt)")
-    parser.add_argument("--constraints", type=Path, help="a constraints file the install uses (e.g. constraints-colab.txt)")
+    parser.add_argument(
+        "--requirements",
+        default=str(REQUIREMENTS),
+        help="requirements file to check, or 'pyproject' for the package with its dependencies "
+        "(default: requirements-colab.txt)",
+    )
+    parser.add_argument(
+        "--constraints", type=Path, help="a constraints file the install uses (e.g. constraints-colab.txt)"
+    )
     parser.add_argument("--snapshot", type=Path, default=SNAPSHOT, help="Colab's pip freeze (default: %(default)s)")
     args = parser.parse_args(argv)
     return check(args.requirements, args.constraints, args.snapshot.resolve())

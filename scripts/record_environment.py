@@ -25,8 +25,20 @@ sys.path.insert(0, str(ROOT))
 from ragcourse.env import versions  # noqa: E402  (stdlib only: runs before the heavy libraries are imported)
 
 RESULT = ROOT / "benchmarks" / "results" / "tested_with.json"
-PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "sentence-transformers",
-            "llama-index-core", "ragas", "numpy", "pandas")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "sentence-transformers",
+    "llama-index-core",
+    "ragas",
+    "numpy",
+    "pandas",
+)
 ENVIRONMENTS = ("cpu", "colab-twin", "floors")
 
 
@@ -45,15 +57,24 @@ def record_with(python: Path, name: str, ran: str, passed: int, seconds: float) 
     """Record a run of environment ``name`` with that environment's own Python (its versions are read there)."""
     import subprocess
 
-    subprocess.run([str(python), __file__, name, "--ran", ran, "--passed", str(passed), "--seconds", str(seconds)],
-                   check=True, cwd=ROOT)
+    subprocess.run(
+        [str(python), __file__, name, "--ran", ran, "--passed", str(passed), "--seconds", str(seconds)],
+        check=True,
+        cwd=ROOT,
+    )
 
 
 def record(name: str, ran: str, passed: int, seconds: float, path: Path = RESULT) -> dict:
     data = json.loads(path.read_text()) if path.is_file() else {}
     manifest = next((json.loads(p.read_text()) for p in Path(sys.prefix).glob("ragcourse-*.json")), {})
-    entry = {"recorded": dt.date.today().isoformat(), "versions": versions(PACKAGES), "ran": ran, "passed": passed,
-             "seconds": round(seconds), "snapshot_date": manifest.get("snapshot_date")}
+    entry = {
+        "recorded": dt.date.today().isoformat(),
+        "versions": versions(PACKAGES),
+        "ran": ran,
+        "passed": passed,
+        "seconds": round(seconds),
+        "snapshot_date": manifest.get("snapshot_date"),
+    }
     data[name] = {k: v for k, v in entry.items() if v is not None}
     path.write_text(json.dumps({k: data[k] for k in ENVIRONMENTS if k in data}, indent=1) + "\n")
     return entry

@@ -18,7 +18,8 @@ from ragcourse.config import CourseConfig
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory) -> CourseConfig:
-    """Every cpu-smoke artifact (dataset, adapter, merged, index, eval), built once by ``pipeline.ensure``. Read only."""
+    """Every cpu-smoke artifact (dataset, adapter, merged, index, eval), built once by ``pipeline.ensure``. Read
+    only."""
     from ragcourse import pipeline
 
     cfg = quick_config(tmp_path_factory.mktemp("smoke") / "outputs")

@@ -76,7 +76,9 @@ def test_bad_yaml_names_file(tmp_path):
 
 def test_parse_overrides_and_print(capsys):
     assert parse_overrides(["training.max_steps=5", "lora.target_modules=[q_proj]"]) == {
-        "training": {"max_steps": 5}, "lora": {"target_modules": ["q_proj"]}}
+        "training": {"max_steps": 5},
+        "lora": {"target_modules": ["q_proj"]},
+    }
     cfg = load_config("cpu-smoke", **parse_overrides(["training.max_steps=5"]))
     print_config(cfg)
     out = capsys.readouterr().out

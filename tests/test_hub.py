@@ -20,7 +20,8 @@ TOKEN = "hf_test_token_never_printed"
 
 @pytest.fixture
 def fake_hub(tmp_path: Path, monkeypatch):
-    """``HfApi.create_repo``/``upload_folder`` and ``snapshot_download`` on tmp_path/hub/<owner>/<name>; calls recorded."""
+    """``HfApi.create_repo``/``upload_folder`` and ``snapshot_download`` on tmp_path/hub/<owner>/<name>; calls
+    recorded."""
     root, calls = tmp_path / "hub", []
 
     class FakeApi:

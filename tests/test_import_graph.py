@@ -14,18 +14,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ragcourse"
 
 # Lower layers first. A module may import modules of its own layer or below, never above.
 LAYERS: list[set[str]] = [
-    {"course", "config", "errors"},
+    {"course", "config", "errors", "live_weights"},  # live_weights: the per-cell probe, run in notebook kernels
     {"env", "hardware", "prompts", "plots"},
-    {"colab"},              # the Colab setup cell's work: install what Colab lacks, outputs on Drive
+    {"colab"},  # the Colab setup cell's work: install what Colab lacks, outputs on Drive
     {"scoring", "realdocs"},
     {"models", "artifacts"},
-    {"runtime", "hub"},     # the first cell of every notebook (config, environment, seed); artifacts on the Hub
-    {"retrieval"},          # the index, retrievers, reranker, retrieval metrics (takes chunks, never loads documents)
-    {"data"},               # documents (load, chunk) and the dataset (Q&A, RAFT examples, split)
-    {"lora", "memory", "recipe", "rehearsal"},   # LoRA sizing, memory plan, recipe checks, CPU stand-ins of GPU presets
+    {"runtime", "hub"},  # the first cell of every notebook (config, environment, seed); artifacts on the Hub
+    {"retrieval"},  # the index, retrievers, reranker, retrieval metrics (takes chunks, never loads documents)
+    {"data"},  # documents (load, chunk) and the dataset (Q&A, RAFT examples, split)
+    {"lora", "memory", "recipe", "rehearsal"},  # LoRA sizing, memory plan, recipe checks, CPU stand-ins of GPU presets
     {"train"},
-    {"merge"},
-    {"rag", "serve"},       # our model behind LlamaIndex, in-process or behind an OpenAI-compatible server
+    {"merge", "export"},  # export: the merged model as GGUF (ragcourse[gguf]); built on request, not by the pipeline
+    {"rag", "serve"},  # our model behind LlamaIndex, in-process or behind an OpenAI-compatible server
     {"evaluate"},
     {"pipeline"},
     {"workshop", "nbrun", "prose", "cli"},
@@ -58,8 +58,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_module_imports_upward():
-    upward = [f"{a} (layer {RANK[a]}) imports {b} (layer {RANK[b]})"
-              for a, deps in graph().items() for b in deps if RANK[b] > RANK[a]]
+    upward = [
+        f"{a} (layer {RANK[a]}) imports {b} (layer {RANK[b]})"
+        for a, deps in graph().items()
+        for b in deps
+        if RANK[b] > RANK[a]
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -72,7 +76,7 @@ def test_no_import_cycles():
         state[node] = 1
         for dep in sorted(g.get(node, ())):
             if state.get(dep) == 1:
-                cycles.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
+                cycles.append(path[path.index(dep) :] + [dep] if dep in path else [node, dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[node] = 2

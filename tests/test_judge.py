@@ -21,19 +21,28 @@ def test_a_self_judging_report_says_so_in_its_first_lines(tmp_path):
 
     cfg = load_config("cpu-smoke", paths={"output_root": str(tmp_path)})
     assert cfg.evaluation.judge == "preset" and evaluate.judge_is_model_under_test(cfg)
-    assert evaluate.judge_is_model_under_test(load_config("colab-t4", evaluation={"judge": "Qwen/Qwen2.5-1.5B-Instruct"}))
+    assert evaluate.judge_is_model_under_test(
+        load_config("colab-t4", evaluation={"judge": "Qwen/Qwen2.5-1.5B-Instruct"})
+    )
     assert evaluate.judge_notice(load_config("cpu-smoke", evaluation={"judge": "none"})) is None
-    per_question = pd.DataFrame([{"id": "q1", "condition": c, "contexts": [], "reference_contexts": []}
-                                 for c in evaluate.CONDITIONS])
-    table = pd.DataFrame([{"condition": c, "metric": "token_f1", "mean": 0.5, "low": 0.4, "high": 0.6, "n": 1}
-                          for c in evaluate.CONDITIONS])
+    per_question = pd.DataFrame(
+        [{"id": "q1", "condition": c, "contexts": [], "reference_contexts": []} for c in evaluate.CONDITIONS]
+    )
+    table = pd.DataFrame(
+        [
+            {"condition": c, "metric": "token_f1", "mean": 0.5, "low": 0.4, "high": 0.6, "n": 1}
+            for c in evaluate.CONDITIONS
+        ]
+    )
     judge = evaluate.JudgeResult(pd.DataFrame({"faithfulness": [0.5]}), {"faithfulness": 0}, 1, 0.1)
-    folder = evaluate.write_report(tmp_path / "eval", table, pd.DataFrame([{"condition": "x"}]), [], [], judge,
-                                   per_question, cfg)
+    folder = evaluate.write_report(
+        tmp_path / "eval", table, pd.DataFrame([{"condition": "x"}]), [], [], judge, per_question, cfg
+    )
     first = (folder / "report.md").read_text().splitlines()[:4]
     assert first[2] == evaluate.judge_notice(cfg) and "model under test" in first[2]
-    without_judge = evaluate.write_report(tmp_path / "eval2", table, pd.DataFrame([{"condition": "x"}]), [], [], None,
-                                          per_question, cfg)
+    without_judge = evaluate.write_report(
+        tmp_path / "eval2", table, pd.DataFrame([{"condition": "x"}]), [], [], None, per_question, cfg
+    )
     assert "model under test" not in (without_judge / "report.md").read_text()
 
 
@@ -117,7 +126,8 @@ def test_the_judge_pipeline_gets_the_budget(monkeypatch):
     budget = scoring.judge_max_new_tokens(gpu.model.max_new_tokens)
     tokens = gpu.model.max_length + memory.JUDGE_PROMPT_EXTRA_TOKENS + budget
     assert memory.phase_plan(gpu).phase("judge").parts["judge_kv_cache"] == memory.kv_cache_bytes(
-        gpu.evaluation.judge, tokens, "bfloat16")
+        gpu.evaluation.judge, tokens, "bfloat16"
+    )
 
 
 def test_a_cut_judge_reply_is_still_counted_as_a_parse_failure():
@@ -140,12 +150,20 @@ def test_a_cut_judge_reply_is_still_counted_as_a_parse_failure():
                 return reply[: len(reply) // 2] if second else reply
             return "not JSON"  # the other metrics: nothing parses
 
-    rows = [{"question": "How many mounts does the AH-14 use?", "answer": f"Answer: {a}", "reference": "Four.",
-             "contexts": ["Each AH-14 uses four mounts."], "reference_contexts": ["Each AH-14 uses four mounts."]}
-            for a in ("It uses four mounts.", "It weighs 80 kg.")]
+    rows = [
+        {
+            "question": "How many mounts does the AH-14 use?",
+            "answer": f"Answer: {a}",
+            "reference": "Four.",
+            "contexts": ["Each AH-14 uses four mounts."],
+            "reference_contexts": ["Each AH-14 uses four mounts."],
+        }
+        for a in ("It uses four mounts.", "It weighs 80 kg.")
+    ]
     llm = evaluate._legacy_wrapper(LangchainLLMWrapper, Judge(responses=[""]))
-    result = evaluate.llm_judged_scores(rows, llm, load_config("cpu-smoke"),
-                                        embeddings=LangchainEmbeddingsWrapper(DeterministicFakeEmbedding(size=8)))
+    result = evaluate.llm_judged_scores(
+        rows, llm, load_config("cpu-smoke"), embeddings=LangchainEmbeddingsWrapper(DeterministicFakeEmbedding(size=8))
+    )
     assert result.scores["faithfulness"].tolist()[0] == 1.0 and result.parse_failures["faithfulness"] == 1
     assert result.parse_failures == {c: int(result.scores[c].isna().sum()) for c in result.scores.columns}
     assert result.samples == 2

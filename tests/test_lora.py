@@ -12,7 +12,10 @@ from ragcourse.config import available_presets, load_config
 
 
 def test_importing_lora_and_memory_does_not_import_torch():
-    code = "import sys, ragcourse.lora, ragcourse.memory; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    code = (
+        "import sys, ragcourse.lora, ragcourse.memory; "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -119,7 +122,8 @@ def test_the_committed_sweep_cache_is_what_the_notebook_loads():
 
 
 def _notebook_03_lora_lines() -> str:
-    """The lines of notebook 03's "Attach LoRA" cell that build the LoraConfig (everything before the model is touched)."""
+    """The lines of notebook 03's "Attach LoRA" cell that build the LoraConfig (everything before the model is
+    touched)."""
     import json
     from pathlib import Path
 
@@ -130,8 +134,17 @@ def _notebook_03_lora_lines() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset,targets", [("cpu-smoke", None), ("colab-t4", None), ("gpu-24gb", None),
-                                            ("gpu-80gb", None), ("cpu-smoke", "attention"), ("colab-t4", "attention")])
+@pytest.mark.parametrize(
+    "preset,targets",
+    [
+        ("cpu-smoke", None),
+        ("colab-t4", None),
+        ("gpu-24gb", None),
+        ("gpu-80gb", None),
+        ("cpu-smoke", "attention"),
+        ("colab-t4", "attention"),
+    ],
+)
 def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_path):
     """Notebook 03's LoraConfig is the one `ragcourse train` attaches, for every preset; a set name from notebook 02
     (``attention``) resolves to modules that exist (a regex matching nothing would train no adapter at all)."""
@@ -140,7 +153,11 @@ def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_
 
     set_torch_threads(1)
     overrides = {"lora": {"target_modules": targets}} if targets else {}
-    cfg = load_config(preset, **overrides) if preset == "cpu-smoke" else rehearsal.rehearsal_config(preset, tmp_path, **overrides)
+    cfg = (
+        load_config(preset, **overrides)
+        if preset == "cpu-smoke"
+        else rehearsal.rehearsal_config(preset, tmp_path, **overrides)
+    )
     namespace = {"cfg": cfg}
     exec(_notebook_03_lora_lines(), namespace)  # noqa: S102  (the notebook's own lines)
     shown = namespace["lora_config"]
@@ -162,11 +179,22 @@ def test_notebook_03_trains_the_lora_config_the_cli_trains(preset, targets, tmp_
 
 NOTEBOOK_03 = Path(__file__).resolve().parents[1] / "notebooks" / "03_qlora_training.ipynb"
 # The library calls notebook 03 writes out, in the order a learner reads them (a script can copy them as they stand).
-NOTEBOOK_03_CALLS = ("models.bnb_config(cfg, hw)", "models.load_kwargs(cfg, hw)",
-                     "AutoModelForCausalLM.from_pretrained(", "quantization_config=bnb", "lora.lora_config(cfg)",
-                     "prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
-                     "set_seed(cfg.training.seed)", "get_peft_model(model, lora_config)", "SFTConfig(**sft_kwargs)",
-                     "SFTTrainer(model=model, args=args,", "processing_class=tokenizer", "trainer.train()")
+NOTEBOOK_03_CALLS = (
+    "models.bnb_config(cfg, hw)",
+    "models.load_kwargs(cfg, hw)",
+    "AutoModelForCausalLM.from_pretrained(",
+    "quantization_config=bnb",
+    "lora.lora_config(cfg)",
+    "prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
+    "set_seed(cfg.training.seed)",
+    "get_peft_model(model, lora_config)",
+    "SFTConfig(**sft_kwargs)",
+    "SFTTrainer(",
+    "model=model,",
+    "args=args,",
+    "processing_class=tokenizer",
+    "trainer.train()",
+)
 
 
 def _notebook_03_code() -> list[str]:
@@ -184,24 +212,45 @@ def test_notebook_03_writes_out_the_library_calls_the_cli_makes():
     positions = [code.find(call) for call in NOTEBOOK_03_CALLS]
     assert all(p >= 0 for p in positions), [c for c, p in zip(NOTEBOOK_03_CALLS, positions) if p < 0]
     assert positions == sorted(positions), "the calls appear in the order they run"
-    for hidden in ("load_causal_lm(", "prepare_for_training(", "load_model_for_training(", "make_trainer(",
-                   "run_training("):
+    for hidden in (
+        "load_causal_lm(",
+        "prepare_for_training(",
+        "load_model_for_training(",
+        "make_trainer(",
+        "run_training(",
+    ):
         assert hidden not in code, hidden
-    uses = {models.load_causal_lm: ("load_kwargs(cfg, hw, device)", "disable_cpu_inference_repack(model)"),
-            train.prepare_for_training: ("prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
-                                         "input_grads_for_checkpointing(cfg, model)", "set_seed(cfg.training.seed)",
-                                         "get_peft_model(model, lora_config(cfg))"),
-            train.make_trainer: ("ensure_pad_token(tokenizer)", "score_loss_positions_only()", "sft_columns(dataset)",
-                                 "SFTConfig(**sft_config_kwargs(", "trainer_callbacks(cfg)",
-                                 "keep_adapters_fp32(trainer)"),
-            train.run_training: ("prepare_checkpoints(trainer, cfg, resume)", "trainer.train(")}
+    uses = {
+        models.load_causal_lm: ("load_kwargs(cfg, hw, device)", "disable_cpu_inference_repack(model)"),
+        train.prepare_for_training: (
+            "prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)",
+            "input_grads_for_checkpointing(cfg, model)",
+            "set_seed(cfg.training.seed)",
+            "get_peft_model(model, lora_config(cfg))",
+        ),
+        train.make_trainer: (
+            "ensure_pad_token(tokenizer)",
+            "score_loss_positions_only()",
+            "sft_columns(dataset)",
+            "SFTConfig(**sft_config_kwargs(",
+            "trainer_callbacks(cfg)",
+            "keep_adapters_fp32(trainer)",
+        ),
+        train.run_training: ("prepare_checkpoints(trainer, cfg, resume)", "trainer.train("),
+    }
     for function, calls in uses.items():
         source = inspect.getsource(function)
         assert all(call in source for call in calls), (function.__name__, [c for c in calls if c not in source])
-    for helper in ("models.disable_cpu_inference_repack(model)", "train.input_grads_for_checkpointing(cfg, model)",
-                   "train.sft_columns(dataset)", "train.score_loss_positions_only()", "train.trainer_callbacks(cfg)",
-                   "train.keep_adapters_fp32(trainer)", "train.prepare_checkpoints(trainer, cfg)",
-                   "train.ensure_pad_token(tokenizer)"):
+    for helper in (
+        "models.disable_cpu_inference_repack(model)",
+        "train.input_grads_for_checkpointing(cfg, model)",
+        "train.sft_columns(dataset)",
+        "train.score_loss_positions_only()",
+        "train.trainer_callbacks(cfg)",
+        "train.keep_adapters_fp32(trainer)",
+        "train.prepare_checkpoints(trainer, cfg)",
+        "train.ensure_pad_token(tokenizer)",
+    ):
         assert helper in code, helper
 
 
@@ -210,7 +259,7 @@ def _notebook_03_cells(first: str, last: str) -> str:
     cells = _notebook_03_code()
     start = next(i for i, c in enumerate(cells) if first in c)
     end = next(i for i, c in enumerate(cells) if last in c)
-    return "\n".join(cells[start:end + 1])
+    return "\n".join(cells[start : end + 1])
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +286,11 @@ def test_notebook_03_calls_build_the_model_and_trainer_the_cli_builds(preset, qu
 
     set_torch_threads(1)
     root = tmp_path / "outputs"
-    cfg = load_config(preset, paths={"output_root": str(root)}) if preset == "cpu-smoke" else \
-        rehearsal.rehearsal_config(preset, root)
+    cfg = (
+        load_config(preset, paths={"output_root": str(root)})
+        if preset == "cpu-smoke"
+        else rehearsal.rehearsal_config(preset, root)
+    )
     monkeypatch.setattr(pipeline, "load", lambda cfg, step: quick_dataset)
     monkeypatch.setattr(models, "generate", lambda model, tokenizer, prompts, **kw: [""] * len(prompts))
     namespace = {"cfg": cfg}
@@ -253,12 +305,14 @@ def test_notebook_03_calls_build_the_model_and_trainer_the_cli_builds(preset, qu
 
     assert shown.model.peft_config["default"].to_dict() == cli.model.peft_config["default"].to_dict()
     assert shown.args.to_dict() == cli.args.to_dict()
-    assert [type(c).__name__ for c in shown.callback_handler.callbacks] == \
-        [type(c).__name__ for c in cli.callback_handler.callbacks]
+    assert [type(c).__name__ for c in shown.callback_handler.callbacks] == [
+        type(c).__name__ for c in cli.callback_handler.callbacks
+    ]
     ours, theirs = dict(shown.model.named_parameters()), dict(cli.model.named_parameters())
     assert ours.keys() == theirs.keys()
-    assert {n: (p.dtype, p.requires_grad) for n, p in ours.items()} == \
-        {n: (p.dtype, p.requires_grad) for n, p in theirs.items()}
+    assert {n: (p.dtype, p.requires_grad) for n, p in ours.items()} == {
+        n: (p.dtype, p.requires_grad) for n, p in theirs.items()
+    }
     trainable = [n for n, p in ours.items() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     for name in trainable:  # the same seed before get_peft_model: the same random A matrices

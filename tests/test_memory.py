@@ -8,13 +8,16 @@ import pytest
 from ragcourse import lora, memory
 from ragcourse.config import load_config, project_root
 
-SEVEN_B = memory.MemorySpec(model="qwen2.5-7b", weights="nf4-dq", lora_r=16, target_modules="all-linear",
-                            batch_size=4, seq_len=1024)
+SEVEN_B = memory.MemorySpec(
+    model="qwen2.5-7b", weights="nf4-dq", lora_r=16, target_modules="all-linear", batch_size=4, seq_len=1024
+)
 
 
 def test_weights_shrink_with_precision_for_every_architecture():
     for arch in lora.available_archs():
-        by_format = {w: memory.estimate(replace(SEVEN_B, model=arch, weights=w)) for w in ("bfloat16", "int8", "nf4", "nf4-dq")}
+        by_format = {
+            w: memory.estimate(replace(SEVEN_B, model=arch, weights=w)) for w in ("bfloat16", "int8", "nf4", "nf4-dq")
+        }
         weights = {w: e.weights + e.quant_constants for w, e in by_format.items()}
         assert weights["nf4-dq"] < weights["nf4"] < weights["int8"] < weights["bfloat16"], arch
         assert by_format["nf4-dq"].quant_constants < by_format["nf4"].quant_constants
@@ -40,10 +43,15 @@ def test_quantized_weights_match_bitsandbytes_byte_for_byte(weights):
     if weights == "int8":
         quant = BitsAndBytesConfig(load_in_8bit=True)
     else:
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                                   bnb_4bit_use_double_quant=weights == "nf4-dq")
-    model = AutoModelForCausalLM.from_pretrained(models.resolve_model(models.SMOLLM2), dtype=torch.bfloat16,
-                                                 quantization_config=quant)
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=weights == "nf4-dq",
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        models.resolve_model(models.SMOLLM2), dtype=torch.bfloat16, quantization_config=quant
+    )
     seen: dict[int, int] = {}
 
     def add(t):
@@ -57,7 +65,13 @@ def test_quantized_weights_match_bitsandbytes_byte_for_byte(weights):
         w = getattr(module, "weight", None)
         state = getattr(w, "quant_state", None)
         if state is not None:
-            for t in (state.absmax, state.code, state.offset, getattr(state.state2, "absmax", None), getattr(state.state2, "code", None)):
+            for t in (
+                state.absmax,
+                state.code,
+                state.offset,
+                getattr(state.state2, "absmax", None),
+                getattr(state.state2, "code", None),
+            ):
                 add(t)
         add(getattr(w, "SCB", None))
     assert len(seen) > constants_before
@@ -104,8 +118,16 @@ def test_optimizers():
 def test_verdicts():
     small = memory.estimate(memory.MemorySpec(model="smollm2-135m", batch_size=1, seq_len=256))
     assert set(small.verdicts().values()) == {"fits"}
-    huge = memory.estimate(memory.MemorySpec(model="llama-3.1-8b", weights="bfloat16", lora_r=32, batch_size=8,
-                                             seq_len=4096, gradient_checkpointing=False))
+    huge = memory.estimate(
+        memory.MemorySpec(
+            model="llama-3.1-8b",
+            weights="bfloat16",
+            lora_r=32,
+            batch_size=8,
+            seq_len=4096,
+            gradient_checkpointing=False,
+        )
+    )
     assert set(huge.verdicts().values()) == {"does not fit"}
     t4 = memory.GPU_CLASSES[0]
     capacity = int(t4.memory_gib * memory.GIB)
@@ -140,12 +162,19 @@ def test_published_figures_within_the_stated_tolerance():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setup", [
-    dict(weights="float32", compute_dtype="float32", target_modules="attention", padded=False),
-    dict(weights="float32", compute_dtype="float32", target_modules="all-linear", lora_dropout=0.1, padded=False),
-    dict(weights="bfloat16", compute_dtype="bfloat16", target_modules="attention", padded=True),  # fp32 adapters: casts
-    dict(weights="nf4-dq", compute_dtype="bfloat16", target_modules="all-linear", padded=True),  # QLoRA: bf16 adapters
-])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        dict(weights="float32", compute_dtype="float32", target_modules="attention", padded=False),
+        dict(weights="float32", compute_dtype="float32", target_modules="all-linear", lora_dropout=0.1, padded=False),
+        dict(
+            weights="bfloat16", compute_dtype="bfloat16", target_modules="attention", padded=True
+        ),  # fp32 adapters: casts
+        dict(
+            weights="nf4-dq", compute_dtype="bfloat16", target_modules="all-linear", padded=True
+        ),  # QLoRA: bf16 adapters
+    ],
+)
 def test_per_layer_terms_match_what_autograd_saves(setup):
     import torch
     from peft import LoraConfig
@@ -153,18 +182,36 @@ def test_per_layer_terms_match_what_autograd_saves(setup):
 
     from ragcourse import models
 
-    spec = memory.MemorySpec(model=models.SMOLLM2, device="cpu", lora_r=8, batch_size=2, seq_len=48, loss="full",
-                             gradient_checkpointing=False, optimizer="adamw_torch", **setup)
+    spec = memory.MemorySpec(
+        model=models.SMOLLM2,
+        device="cpu",
+        lora_r=8,
+        batch_size=2,
+        seq_len=48,
+        loss="full",
+        gradient_checkpointing=False,
+        optimizer="adamw_torch",
+        **setup,
+    )
     dtype = getattr(torch, spec.compute_dtype)
     kwargs = {"dtype": dtype}
     if spec.quantized:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
     model = AutoModelForCausalLM.from_pretrained(models.resolve_model(models.SMOLLM2), **kwargs)
     adapter_dtype = spec.resolved_adapter_dtype
-    model = lora.get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=spec.lora_dropout, task_type="CAUSAL_LM",
-                                                  target_modules=lora.resolve_target_modules(spec.target_modules)),
-                                autocast_adapter_dtype=adapter_dtype == "float32")
+    model = lora.get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=spec.lora_dropout,
+            task_type="CAUSAL_LM",
+            target_modules=lora.resolve_target_modules(spec.target_modules),
+        ),
+        autocast_adapter_dtype=adapter_dtype == "float32",
+    )
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.to(getattr(torch, adapter_dtype))
@@ -178,9 +225,20 @@ def test_per_layer_terms_match_what_autograd_saves(setup):
 
 @pytest.mark.slow
 def test_cpu_peak_memory_is_predicted():
-    spec = memory.MemorySpec(model="embedded:smollm2-135m-instruct", weights="float32", compute_dtype="float32", device="cpu",
-                             lora_r=8, target_modules="attention", batch_size=2, seq_len=96, gradient_checkpointing=False,
-                             optimizer="adamw_torch", loss="full", padded=False)
+    spec = memory.MemorySpec(
+        model="embedded:smollm2-135m-instruct",
+        weights="float32",
+        compute_dtype="float32",
+        device="cpu",
+        lora_r=8,
+        target_modules="attention",
+        batch_size=2,
+        seq_len=96,
+        gradient_checkpointing=False,
+        optimizer="adamw_torch",
+        loss="full",
+        padded=False,
+    )
     measured = memory.measure_cpu_training_peak(spec, steps=2)
     assert abs(measured["relative_error"]) < 0.15, measured
 
@@ -291,6 +349,123 @@ def test_the_plan_can_be_made_for_this_machine():
     assert (target.gpu.name, target.gpu.memory_gib, target.host_gib) == ("NVIDIA L4", 22.0, 15.0)
     assert memory.phase_plan(load_config("gpu-24gb"), target).phase("merge").where == "GPU"
     t4 = Hardware("cuda", "Tesla T4", (7, 5), False, 15.0, 14.5, 2, 2, 12.7, True)
-    assert memory.phase_plan(load_config("gpu-24gb"), memory.this_machine(t4)).phase("merge").where == "CPU, shard by shard"
+    assert (
+        memory.phase_plan(load_config("gpu-24gb"), memory.this_machine(t4)).phase("merge").where
+        == "CPU, shard by shard"
+    )
     cpu = memory.this_machine(Hardware("cpu", None, None, False, None, None, 2, 2, 24.0, False))
     assert cpu.gpu is None and memory.phase_plan(load_config("cpu-smoke"), cpu).fits()
+
+
+# -- live weights per notebook cell (issue 31) ---------------------------------------------------------------------
+
+
+def test_live_weights_count_each_storage_once_and_large_tensors_outside_modules():
+    import torch
+
+    from ragcourse import live_weights
+
+    before = live_weights.live_bytes()
+    a = torch.nn.Linear(512, 1024, bias=False)
+    b = torch.nn.Sequential(a, torch.nn.Linear(1024, 512, bias=False))
+    b[1].weight = torch.nn.Parameter(a.weight.t())  # tied: a view of the same storage
+    logits = [torch.zeros(256, 1024) for _ in range(2)]  # 1 MiB each: large
+    small = torch.zeros(8, 8)
+    view = a.weight[:10]  # a view of a weight is not a large tensor of its own
+    now = live_weights.live_bytes()
+    assert now["module_bytes"] - before["module_bytes"] == 512 * 1024 * 4
+    assert now["large_tensor_bytes"] - before["large_tensor_bytes"] == 2 * 256 * 1024 * 4
+    assert any(r["module"] == "Sequential" for r in now["roots"]) and now["seconds"] < 30
+    del a, b, logits, small, view
+    after = live_weights.live_bytes()
+    assert (
+        after["module_bytes"] == before["module_bytes"] and after["large_tensor_bytes"] == before["large_tensor_bytes"]
+    )
+
+
+@pytest.mark.parametrize("preset", ["cpu-smoke", *GPU_PRESETS])
+def test_every_notebook_has_a_planned_live_allowance(preset):
+    """Each notebook's worst cell is covered by a phase of the plan: at least one copy of the model where it loads one,
+    and one copy (not two or three) in the merge, evaluation and serving notebooks."""
+    plan = memory.phase_plan(load_config(preset))
+    one = memory.one_copy_bytes(load_config(preset))
+    allowed = {nb: memory.planned_live_bytes(plan, nb) / one for nb in ("00", "01", "02", "03", "04", "05", "06")}
+    assert all(v >= 1.0 for v in allowed.values()), allowed
+    assert allowed["05"] < 1.5 and allowed["04"] < 1.5 and allowed["06"] < 2.0, allowed  # never two 16-bit models
+    with pytest.raises(ValueError, match="No phase"):
+        memory.planned_live_bytes(plan, "09")
+
+
+def test_a_cell_holding_two_copies_is_over_the_plan():
+    cfg = load_config("cpu-smoke")
+    plan, one = memory.phase_plan(cfg), memory.one_copy_bytes(cfg)
+    one_model = {"module_bytes": one, "large_tensor_bytes": 0, "roots": [{"module": "LlamaForCausalLM", "bytes": one}]}
+    assert memory.live_excess(plan, "05_rag_llamaindex", one_model, one) is None
+    two = {
+        **one_model,
+        "module_bytes": 2 * one,
+        "roots": [{"module": "PeftModelForCausalLM", "bytes": one}, {"module": "LlamaForCausalLM", "bytes": one}],
+    }
+    reason = memory.live_excess(plan, "05_rag_llamaindex", two, one)
+    assert reason and "holds 2.00 copies" in reason and "PeftModelForCausalLM" in reason and "notebook 05" in reason
+
+
+def test_the_merge_check_logits_on_the_host_are_what_the_plan_states():
+    """merge.record_logits keeps CHECK_TOKENS positions per prompt: the plan's check_logits, whatever the prompt
+    length."""
+    for preset in ("cpu-smoke", *GPU_PRESETS):
+        cfg = load_config(preset)
+        vocab = memory.arch_shapes(cfg.model.name).vocab
+        planned = memory.phase_plan(cfg).phase("merge").parts["check_logits"]
+        assert planned == 2 * memory.CHECK_PROMPTS * memory.CHECK_TOKENS * vocab * 4
+
+
+def test_the_probe_runs_silently_in_a_notebook_kernel():
+    """What the notebook tests run after each cell: a silent request whose answer comes back in user_expressions."""
+    from jupyter_client.manager import start_new_kernel
+
+    from ragcourse import live_weights
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        assert (
+            live_weights.probe_kernel(kc)["module_bytes"] == 0
+        )  # torch not imported yet: nothing imported by the probe
+        kc.execute_interactive(
+            "import torch; layer = torch.nn.Linear(1024, 512); logits = torch.zeros(512, 1024)", timeout=120
+        )
+        record = live_weights.probe_kernel(kc)
+        assert record["module_bytes"] == (1024 * 512 + 512) * 4 and record["large_tensor_bytes"] == 512 * 1024 * 4
+        assert record["roots"][0]["module"] == "Linear" and record["peak_rss_bytes"] >= record["rss_bytes"] > 0
+        reply = kc.execute_interactive("print(len(In))", timeout=60)  # the probe left no trace in the history
+        assert reply["content"]["execution_count"] == 2
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_nbrun_counts_live_weights_after_every_cell(tmp_path):
+    """``ragcourse notebooks``' runner (nbclient) runs the same probe after each code cell when asked."""
+    import json
+
+    import nbformat
+
+    from ragcourse import nbrun
+
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import torch"),
+            nbformat.v4.new_markdown_cell("text"),
+            nbformat.v4.new_code_cell("layer = torch.nn.Linear(256, 256, bias=False)"),
+            nbformat.v4.new_code_cell("del layer"),
+        ]
+    )
+    path = tmp_path / "99_tiny.ipynb"
+    nbformat.write(nb, path)
+    run = nbrun.run_notebook(path, tmp_path / "out", "cpu-smoke", timeout=120, count_live=True)
+    assert run.ok
+    cells = json.loads((tmp_path / "out" / "99_tiny.live_weights.json").read_text())["cells"]
+    assert [c["cell_index"] for c in cells] == [0, 2, 3]
+    assert [c["module_bytes"] for c in cells] == [0, 256 * 256 * 4, 0]
+    executed = nbformat.read(tmp_path / "out" / "99_tiny.ipynb", as_version=4)
+    assert [c.get("execution_count") for c in executed.cells if c.cell_type == "code"] == [1, 2, 3]  # no trace

@@ -29,8 +29,10 @@ def test_merged_logits_equal_adapter_logits(tmp_path):
 
     cfg = load_config("cpu-smoke")
     tok = models.load_tokenizer(cfg)
-    peft_model = get_peft_model(models.load_causal_lm(cfg, quantize=False),
-                                LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        models.load_causal_lm(cfg, quantize=False),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     torch.manual_seed(0)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
@@ -66,7 +68,9 @@ def test_paired_comparison_separates_signal_from_noise():
 def test_scoring_reads_like_a_person():
     ex = {"type": "numeric", "key_fact": "1.45 kg", "has_oracle": True, "answer": "It holds 1.45 kg."}
     assert scoring.is_correct(ex, 'Quote: [2] "The AH-14 holds 1.45 kg."\nAnswer: It holds 1.45kg of R-290.')
-    assert not scoring.is_correct(ex, 'Quote: [2] "1.45 kg"\nAnswer: It holds 1.10 kg.')  # the quote alone does not count
+    assert not scoring.is_correct(
+        ex, 'Quote: [2] "1.45 kg"\nAnswer: It holds 1.10 kg.'
+    )  # the quote alone does not count
     assert not scoring.is_correct(ex, prompts.NOT_IN_DOCUMENTS)
     unans = {"type": "unanswerable", "key_fact": "", "has_oracle": False}
     assert scoring.is_correct(unans, prompts.NOT_IN_DOCUMENTS) and not scoring.is_correct(unans, "It is 3 m.")
@@ -76,32 +80,67 @@ def test_scoring_reads_like_a_person():
 def test_score_rows_and_refusals():
     import pandas as pd
 
-    examples = [{"id": "a", "type": "numeric", "question": "q1", "answer": "3 m", "key_fact": "3 m", "contexts": ["c"]},
-                {"id": "b", "type": "unanswerable", "question": "q2", "answer": "The documents do not contain it.", "key_fact": "", "contexts": []},
-                {"id": "c", "type": "numeric", "question": "q3", "answer": "2 kg", "key_fact": "2 kg", "contexts": ["c"]}]
-    answers = [{"answer": "Answer: 3 m", "contexts": ["The gap is 3 m."], "context_ids": ["x#0"]},
-               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Nothing about it."], "context_ids": ["y#0"]},
-               {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Retrieval missed: no weight here."], "context_ids": ["z#0"]}]
+    examples = [
+        {"id": "a", "type": "numeric", "question": "q1", "answer": "3 m", "key_fact": "3 m", "contexts": ["c"]},
+        {
+            "id": "b",
+            "type": "unanswerable",
+            "question": "q2",
+            "answer": "The documents do not contain it.",
+            "key_fact": "",
+            "contexts": [],
+        },
+        {"id": "c", "type": "numeric", "question": "q3", "answer": "2 kg", "key_fact": "2 kg", "contexts": ["c"]},
+    ]
+    answers = [
+        {"answer": "Answer: 3 m", "contexts": ["The gap is 3 m."], "context_ids": ["x#0"]},
+        {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Nothing about it."], "context_ids": ["y#0"]},
+        {"answer": prompts.NOT_IN_DOCUMENTS, "contexts": ["Retrieval missed: no weight here."], "context_ids": ["z#0"]},
+    ]
     rows = evaluate.score_rows(examples, answers, "tuned + RAG")
     assert [r["answer_correct"] for r in rows] == [1.0, 1.0, 0.0]  # an answerable question still wants its key fact
     assert [(r["refusal_case"], r["right_refusal"], r["wrong_refusal"]) for r in rows] == [
-        (False, False, False), (True, True, False), (True, True, False)]
+        (False, False, False),
+        (True, True, False),
+        (True, True, False),
+    ]
     frame = pd.DataFrame(rows)
     table = evaluate.refusal_table(frame)
     # Refusal cases: the unanswerable question and the one whose passages miss its key fact; both refused.
     assert table.iloc[0]["refusal cases (unanswerable + passages miss the answer)"] == "1 + 1"
-    assert table.iloc[0]["right refusals"].startswith("2/2 = 1.00") and table.iloc[0]["wrong refusals"].startswith("0/1 = 0.00")
-    assert evaluate.refusal_counts(frame, "tuned + RAG") == {"right": 2, "cases": 2, "unanswerable_right": 1,
-                                                            "unanswerable": 1, "wrong": 0, "answerable": 1}
+    assert table.iloc[0]["right refusals"].startswith("2/2 = 1.00") and table.iloc[0]["wrong refusals"].startswith(
+        "0/1 = 0.00"
+    )
+    assert evaluate.refusal_counts(frame, "tuned + RAG") == {
+        "right": 2,
+        "cases": 2,
+        "unanswerable_right": 1,
+        "unanswerable": 1,
+        "wrong": 0,
+        "answerable": 1,
+    }
     closed = pd.DataFrame(evaluate.score_rows(examples, [{**a, "contexts": []} for a in answers], "tuned closed-book"))
     assert evaluate.refusal_counts(closed, "tuned closed-book")["wrong"] == 1  # no passages: it should have answered
 
 
 def test_non_llm_ragas_metrics_run_offline():
     cfg = load_config("cpu-smoke")
-    rows = [{"question": "What is the AH-14 charge?", "answer": "Answer: 1.45 kg", "reference": "The AH-14 holds 1.45 kg.",
-             "contexts": ["The AH-14 holds 1.45 kg of R-290."], "reference_contexts": ["The AH-14 holds 1.45 kg of R-290."]},
-            {"question": "Q?", "answer": "Answer: 3 m", "reference": "It is 2 m.", "contexts": ["unrelated"], "reference_contexts": ["It is 2 m."]}]
+    rows = [
+        {
+            "question": "What is the AH-14 charge?",
+            "answer": "Answer: 1.45 kg",
+            "reference": "The AH-14 holds 1.45 kg.",
+            "contexts": ["The AH-14 holds 1.45 kg of R-290."],
+            "reference_contexts": ["The AH-14 holds 1.45 kg of R-290."],
+        },
+        {
+            "question": "Q?",
+            "answer": "Answer: 3 m",
+            "reference": "It is 2 m.",
+            "contexts": ["unrelated"],
+            "reference_contexts": ["It is 2 m."],
+        },
+    ]
     scores = evaluate.non_llm_scores(rows, cfg)
     assert len(scores) == 2 and all(0 <= v <= 1 for s in scores for v in s.values())
     assert scores[0]["non_llm_context_recall"] > scores[1]["non_llm_context_recall"]
@@ -118,8 +157,10 @@ def test_merge_changes_the_base_in_place_without_a_second_copy(tmp_path, monkeyp
 
     cfg = load_config("cpu-smoke")
     tok = models.load_tokenizer(cfg)
-    peft_model = get_peft_model(models.load_causal_lm(cfg, quantize=False),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        models.load_causal_lm(cfg, quantize=False),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
@@ -149,6 +190,7 @@ def test_evaluation_holds_one_model_at_a_time(smoke):
             model, tokenizer = loaders[name]()
             alive.append(weakref.ref(model))
             return model, tokenizer
+
         return load
 
     examples = evaluate.test_examples(smoke)[:2]
@@ -169,11 +211,59 @@ def test_notebook_06_reads_the_refusal_and_transfer_benchmarks():
     for row, run in zip(table.to_dict("records"), runs):
         c = run["tuned"]["counts"]
         assert row["wrong refusals"].startswith(f"{c['refused_answerable']}/{c['answerable']} = ")
-        assert row["right refusals: unanswerable"] == f"{run['tuned']['right_refusals_unanswerable']}/{c['unanswerable']}"
+        assert (
+            row["right refusals: unanswerable"] == f"{run['tuned']['right_refusals_unanswerable']}/{c['unanswerable']}"
+        )
     assert evaluate.refusal_recipes("no-such-preset").empty and evaluate.transfer_sentence("no-such-preset") is None
     transfer = json.loads((results / "transfer_cpu-smoke.json").read_text())
     sentence = evaluate.transfer_sentence("cpu-smoke")
     f1 = transfer["tuned_minus_base"]["token_f1"]
-    assert f"{transfer['conditions']['tuned + RAG']['trained_form']} of {transfer['corpus']['questions']} answers" in sentence
+    assert (
+        f"{transfer['conditions']['tuned + RAG']['trained_form']} of {transfer['corpus']['questions']} answers"
+        in sentence
+    )
     assert f"{f1['mean']:+.3f} (interval [{f1['low']:+.3f}, {f1['high']:+.3f}]" in sentence
 
+
+def test_record_logits_keeps_only_the_last_positions(tmp_path):
+    """The merge check's reference: CHECK_TOKENS positions of fp32 logits per prompt, not sequence x vocabulary."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragcourse import memory, rehearsal
+
+    torch.set_num_threads(1)
+    folder = rehearsal.tiny_causal_lm("qwen2.5-7b", tmp_path / "tiny")
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    long_prompt, short_prompt = "Vellmark builds heat pumps. " * 60, "Hallstrand."
+    logits = merge.record_logits(model, tok, [long_prompt, short_prompt])
+    n_long = len(tok(long_prompt, add_special_tokens=False).input_ids)
+    assert n_long > memory.CHECK_TOKENS
+    assert logits[0].shape == (memory.CHECK_TOKENS, model.config.vocab_size) and logits[0].dtype == torch.float32
+    assert logits[1].shape[0] == len(tok(short_prompt, add_special_tokens=False).input_ids)
+    with torch.no_grad():
+        full = model(**tok(long_prompt, return_tensors="pt", add_special_tokens=False)).logits[0]
+    assert torch.allclose(full[-memory.CHECK_TOKENS :], logits[0], atol=1e-5)  # the same numbers, only fewer
+    assert merge.check_logits_bytes(logits[:1]) == memory.CHECK_TOKENS * model.config.vocab_size * 4
+
+
+def test_answer_check_exact_in_fp32_near_ties_only_in_16bit():
+    assert merge.AnswerCheck("float32", 4, 0, 0).ok and not merge.AnswerCheck("float32", 4, 1, 1).ok
+    assert merge.AnswerCheck("bfloat16", 4, 2, 2).ok and not merge.AnswerCheck("bfloat16", 4, 2, 1).ok
+    assert "2 of 4 greedy answers differ" in merge.AnswerCheck("float16", 4, 2, 2).summary()
+
+
+@pytest.mark.parametrize("preset", ["cpu-smoke", "colab-t4", "gpu-24gb", "gpu-80gb"])
+def test_tuned_beats_base_is_asserted_where_the_preset_was_measured(preset):
+    cfg = load_config(preset)
+    check = evaluate.improvement_check(cfg, base_hits=2, questions=16)
+    measured = evaluate.measured_improvement(preset)
+    assert check.asserted == (measured is not None and measured["low"] > 0), check.reason
+    assert check.reason.startswith("asserted" if check.asserted else "reported, not asserted")
+    assert not evaluate.improvement_check(cfg, base_hits=16, questions=16).asserted  # no room above a perfect base
+    if preset == "cpu-smoke":
+        assert check.asserted and f"{measured['low']:+.2f}" in check.reason
+        changed = evaluate.improvement_check(load_config(preset, training={"max_steps": 3}), base_hits=2, questions=16)
+        assert not changed.asserted and "training.max_steps" in changed.reason  # a changed recipe was not measured
+    else:
+        assert not check.asserted and "no committed measurement" in check.reason

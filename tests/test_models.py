@@ -16,8 +16,18 @@ def cfg():
 
 
 def _hw(**kw):
-    base = dict(device="cuda", gpu_name="T4", compute_capability=(7, 5), bf16=False, gpu_total_gb=15.0,
-                gpu_free_gb=14.0, cpu_cores=2, torch_threads=2, ram_gb=12.0, in_colab=True)
+    base = dict(
+        device="cuda",
+        gpu_name="T4",
+        compute_capability=(7, 5),
+        bf16=False,
+        gpu_total_gb=15.0,
+        gpu_free_gb=14.0,
+        cpu_cores=2,
+        torch_threads=2,
+        ram_gb=12.0,
+        in_colab=True,
+    )
     base.update(kw)
     return Hardware(**base)
 
@@ -97,10 +107,10 @@ def test_why_cuda_is_unusable_names_the_cause_and_the_fix():
 def test_the_nvidia_driver_version_is_read_from_proc(monkeypatch, tmp_path):
     from ragcourse import hardware
 
-    for line, version in (("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023",
-                           "535.104.05"),
-                          ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.15  Release Build",
-                           "550.54.15")):
+    for line, version in (
+        ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023", "535.104.05"),
+        ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.15  Release Build", "550.54.15"),
+    ):
         (tmp_path / "version").write_text(line + "\nGCC version:  gcc version 12.2.0\n")
         monkeypatch.setattr(hardware, "NVIDIA_DRIVER_FILE", str(tmp_path / "version"))
         assert hardware.nvidia_driver_version() == version
@@ -178,7 +188,9 @@ def test_cpu_kernels_decide_bf16_from_flags_kernels_and_onednn():
     # fp32 on every CPU, bf16 in hardware or not: the teaching result of notebook 06 is the same everywhere
     assert compute_dtype_name(amx_cpu) == compute_dtype_name(avx2_cpu) == "float32"
     line = cpu_recipe(amx_cpu, load_in_4bit=True)
-    assert "bf16 in hardware" in line and "4-bit NF4 base, float32 compute" in line and "unpacked once to float32" in line
+    assert (
+        "bf16 in hardware" in line and "4-bit NF4 base, float32 compute" in line and "unpacked once to float32" in line
+    )
     assert "bf16 emulated" in cpu_recipe(avx2_cpu, load_in_4bit=True)
     # the generation batch it prints is the one models.generate and the memory plan use on a CPU
     assert f"{generation_batch('cpu')} prompts at a time" in line and generation_batch("mps") == generation_batch("cpu")
@@ -240,7 +252,9 @@ def test_load_generate_and_4bit(cfg):
     tok = models.load_tokenizer(cfg)
     assert tok.model_max_length == cfg.model.max_length
     model = models.load_causal_lm(cfg, quantize=False)
-    [answer] = models.generate(model, tok, [models.chat_prompt(tok, "What is the capital of France?")], max_new_tokens=16)
+    [answer] = models.generate(
+        model, tok, [models.chat_prompt(tok, "What is the capital of France?")], max_new_tokens=16
+    )
     assert "Paris" in answer
     q = models.load_causal_lm(cfg, quantize=True)
     linear4 = [m for m in q.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -267,16 +281,30 @@ def test_a_t4_gets_fp16_although_torch_calls_its_emulated_bf16_supported(monkeyp
     assert [native_bf16(c) for c in ((7, 0), (7, 5), (8, 0), (9, 0), None)] == [False, False, True, True, False]
 
 
-@pytest.mark.parametrize("text", ["!!!!!!!!!!!!", "The answer is the the the pressure switch.",
-                                  "The City of the City of the City of the City of", "   ", "E214 E214 E214 E214"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "!!!!!!!!!!!!",
+        "The answer is the the the pressure switch.",
+        "The City of the City of the City of the City of",
+        "   ",
+        "E214 E214 E214 E214",
+    ],
+)
 def test_degenerate_generations_are_flagged(text):
     assert models.is_degenerate(text), text
     assert models.degenerate_reason(text)
 
 
-@pytest.mark.parametrize("text", [
-    "The exclusion zone radius is 3 m [2].", "Wait... the documents do not say. [1]",
-    "Steps: 1. isolate 2. vent 3. test -- see VT-20417 (P33 = 45).", "| a | b |\n|---|---|\n| 1 | 2 |",
-    "It is that that matters: the bump test interval is 7 days."])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The exclusion zone radius is 3 m [2].",
+        "Wait... the documents do not say. [1]",
+        "Steps: 1. isolate 2. vent 3. test -- see VT-20417 (P33 = 45).",
+        "| a | b |\n|---|---|\n| 1 | 2 |",
+        "It is that that matters: the bump test interval is 7 days.",
+    ],
+)
 def test_ordinary_answers_are_not_flagged(text):
     assert models.degenerate_reason(text) is None, text

@@ -19,8 +19,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "netguard"))
 import netns  # noqa: E402
 
 STATE = os.environ.get("RAGCOURSE_NETNS_STATE", "unknown")
-needs_namespace = pytest.mark.xfail(STATE != "isolated", strict=True,
-                                    reason=f"no network namespace here ({STATE}): the Python guard cannot reach this route")
+needs_namespace = pytest.mark.xfail(
+    STATE != "isolated",
+    strict=True,
+    reason=f"no network namespace here ({STATE}): the Python guard cannot reach this route",
+)
 
 OUTSIDE = ("192.0.2.1", 80)  # TEST-NET-1: never routed, so a leak would hang, not succeed
 
@@ -40,8 +43,10 @@ def test_guard_blocks_in_process(private_log):
     assert "192.0.2.1" in private_log.read_text()
 
 
-@pytest.mark.parametrize("route", ["_socket connect", "UDP sendto", "_socket UDP sendto", "gethostbyname",
-                                   "_socket getaddrinfo", "getnameinfo"])
+@pytest.mark.parametrize(
+    "route",
+    ["_socket connect", "UDP sendto", "_socket UDP sendto", "gethostbyname", "_socket getaddrinfo", "getnameinfo"],
+)
 def test_guard_blocks_every_python_route(private_log, route):
     attempts = {
         "_socket connect": lambda: _socket.socket().connect(OUTSIDE),
@@ -71,20 +76,26 @@ def test_run_is_in_a_loopback_only_namespace():
     assert netns.interfaces() == ["lo"]
 
 
-CHILD = ("import socket\n"
-         "s = socket.socket(); s.settimeout(2); print('connect', s.connect_ex(('192.0.2.1', 80)))\n"
-         "try:\n    socket.getaddrinfo('pypi.org', 443); print('dns LEAK')\n"
-         "except OSError as e:\n    print('dns failed', type(e).__name__)\n")
+CHILD = (
+    "import socket\n"
+    "s = socket.socket(); s.settimeout(2); print('connect', s.connect_ex(('192.0.2.1', 80)))\n"
+    "try:\n    socket.getaddrinfo('pypi.org', 443); print('dns LEAK')\n"
+    "except OSError as e:\n    print('dns failed', type(e).__name__)\n"
+)
 
 
 @needs_namespace
 @pytest.mark.parametrize("how", ["python -I", "python -E", "empty environment"])
 def test_children_that_skip_the_python_guard_cannot_leave(how):
-    args = {"python -I": ([sys.executable, "-I", "-c", CHILD], os.environ.copy()),
-            "python -E": ([sys.executable, "-E", "-c", CHILD], os.environ.copy()),
-            "empty environment": ([sys.executable, "-c", CHILD], {})}[how]
+    args = {
+        "python -I": ([sys.executable, "-I", "-c", CHILD], os.environ.copy()),
+        "python -E": ([sys.executable, "-E", "-c", CHILD], os.environ.copy()),
+        "empty environment": ([sys.executable, "-c", CHILD], {}),
+    }[how]
     res = subprocess.run(args[0], env=args[1], capture_output=True, text=True, timeout=60)
-    assert "network access blocked" not in res.stdout + res.stderr  # the Python guard was not loaded: the namespace held
+    assert (
+        "network access blocked" not in res.stdout + res.stderr
+    )  # the Python guard was not loaded: the namespace held
     code = int(res.stdout.split("connect ")[1].split()[0])
     assert code != 0 and "dns failed" in res.stdout, res.stdout + res.stderr
 
@@ -112,13 +123,16 @@ def test_guard_reaches_notebook_kernels(private_log):
     try:
         reply = kc.execute_interactive(
             "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1); print('LEAK')\n"
-            "except ConnectionRefusedError as e:\n    print('BLOCKED', e)", timeout=60,
-            output_hook=lambda msg: outputs.append(msg))
+            "except ConnectionRefusedError as e:\n    print('BLOCKED', e)",
+            timeout=60,
+            output_hook=lambda msg: outputs.append(msg),
+        )
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     text = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
     assert "BLOCKED" in text and "LEAK" not in text
+    assert reply["content"]["status"] == "ok", reply["content"]  # the cell ran to its end: the block was caught
 
 
 outputs: list = []

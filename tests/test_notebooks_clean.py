@@ -18,7 +18,9 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_clean(path):
     nb = json.loads(path.read_text())
-    assert set(nb["metadata"]) <= ALLOWED_METADATA, f"{path.name}: personal metadata {set(nb['metadata']) - ALLOWED_METADATA}"
+    assert set(nb["metadata"]) <= ALLOWED_METADATA, (
+        f"{path.name}: personal metadata {set(nb['metadata']) - ALLOWED_METADATA}"
+    )
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert not cell.get("outputs"), f"{path.name} cell {i} has outputs: clear them before committing"

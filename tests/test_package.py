@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ def test_import_does_no_heavy_work():
     code = (
         "import sys, pkgutil, importlib, ragcourse\n"
         "for m in pkgutil.iter_modules(ragcourse.__path__): importlib.import_module('ragcourse.' + m.name)\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'llama_index', 'ragas', 'datasets') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'llama_index', 'ragas', 'datasets') "
+        "if m in sys.modules]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -20,21 +20,26 @@ def test_import_does_no_heavy_work():
 
 
 def test_cli_prints_config():
-    out = subprocess.run([sys.executable, "-m", "ragcourse.cli", "config", "--preset", "colab-t4",
-                          "--set", "training.max_steps=7"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "ragcourse.cli", "config", "--preset", "colab-t4", "--set", "training.max_steps=7"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "preset: colab-t4" in out and "max_steps: 7" in out
 
 
 def test_cli_config_error_is_readable():
-    res = subprocess.run([sys.executable, "-m", "ragcourse.cli", "config", "--set", "lora.rank=4"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "ragcourse.cli", "config", "--set", "lora.rank=4"], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "Did you mean 'lora.r'" in res.stderr
 
 
 def test_constraints_pin_cpu_torch():
     pins = testenv.pins(ROOT / "constraints-cpu.txt")
     assert pins["torch"] == "2.13.0"
-    assert "torch" not in {l.split("==")[0] for l in (ROOT / "constraints-colab.txt").read_text().splitlines()}
+    assert "torch" not in {line.split("==")[0] for line in (ROOT / "constraints-colab.txt").read_text().splitlines()}
 
 
 def test_installed_versions_are_the_ones_this_environment_declares():
@@ -43,8 +48,20 @@ def test_installed_versions_are_the_ones_this_environment_declares():
     from importlib.metadata import version
 
     declared = testenv.declared_versions()
-    names = ["torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "llama-index-core", "ragas",
-             "accelerate", "numpy", "pandas", "sentence-transformers"]
+    names = [
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "bitsandbytes",
+        "datasets",
+        "llama-index-core",
+        "ragas",
+        "accelerate",
+        "numpy",
+        "pandas",
+        "sentence-transformers",
+    ]
     checked = {n: (version(n).split("+")[0], declared[n]) for n in names if n in declared}
     assert len(checked) >= 7, f"{testenv.environment()}: too few declared versions: {checked}"
     wrong = {n: v for n, v in checked.items() if v[0] != v[1]}
@@ -76,10 +93,14 @@ def test_checkpointing_args_follow_the_installed_training_arguments(tmp_path):
         activation_checkpointing: bool | None = None
         activation_checkpointing_kwargs: dict | None = None
 
-    assert checkpointing_args(False, Colab515) == {"gradient_checkpointing": False,
-                                                   "gradient_checkpointing_kwargs": None}
-    assert checkpointing_args(True, Pinned524) == {"activation_checkpointing": True,
-                                        "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    assert checkpointing_args(False, Colab515) == {
+        "gradient_checkpointing": False,
+        "gradient_checkpointing_kwargs": None,
+    }
+    assert checkpointing_args(True, Pinned524) == {
+        "activation_checkpointing": True,
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
+    }
 
 
 def test_environment_yml_uses_same_pins():
@@ -88,5 +109,5 @@ def test_environment_yml_uses_same_pins():
     gpu = (ROOT / "constraints-gpu.txt").read_text()
     cpu = (ROOT / "constraints-cpu.txt").read_text()
     for name in ("transformers", "peft", "trl", "bitsandbytes"):
-        line = next(l for l in cpu.splitlines() if l.startswith(name + "=="))
+        line = next(pin for pin in cpu.splitlines() if pin.startswith(name + "=="))
         assert line in gpu

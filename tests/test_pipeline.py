@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from quick import QUICK_ARGS, quick_config
 
 from ragcourse import artifacts, pipeline
@@ -20,12 +19,26 @@ pytestmark = pytest.mark.slow  # the session's artifacts are built once (about t
 
 
 def cli(cfg, command: str, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "ragcourse.cli", command, "--preset", "cpu-smoke",
-            "--set", f"paths.output_root={cfg.output_dir.parent}"]
+    args = [
+        sys.executable,
+        "-m",
+        "ragcourse.cli",
+        command,
+        "--preset",
+        "cpu-smoke",
+        "--set",
+        f"paths.output_root={cfg.output_dir.parent}",
+    ]
     for item in QUICK_ARGS:
         args += ["--set", item]
-    return subprocess.run(args + list(extra), cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return subprocess.run(
+        args + list(extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 def manifest_hash(cfg, step: str) -> str:
@@ -40,12 +53,17 @@ def test_every_artifact_of_a_fresh_build_is_current(smoke, capsys):
 
 
 def test_each_step_names_what_changed(smoke):
-    assert "'lora' settings changed" in artifacts.stale_reason(quick_config(smoke.output_dir.parent, lora={"r": 4}), "adapter")
-    assert "'data' settings changed" in artifacts.stale_reason(quick_config(smoke.output_dir.parent, data={"chunk_size": 128}), "dataset")
+    assert "'lora' settings changed" in artifacts.stale_reason(
+        quick_config(smoke.output_dir.parent, lora={"r": 4}), "adapter"
+    )
+    assert "'data' settings changed" in artifacts.stale_reason(
+        quick_config(smoke.output_dir.parent, data={"chunk_size": 128}), "dataset"
+    )
     # A change that does not touch an artifact's inputs keeps it current: the generation length is not in the adapter.
     assert artifacts.stale_reason(quick_config(smoke.output_dir.parent, model={"max_new_tokens": 7}), "adapter") is None
     assert "'evaluation' settings changed" in artifacts.stale_reason(
-        quick_config(smoke.output_dir.parent, evaluation={"max_questions": 2}), "eval")
+        quick_config(smoke.output_dir.parent, evaluation={"max_questions": 2}), "eval"
+    )
 
 
 def test_a_truncated_manifest_is_rebuilt_with_a_one_line_reason(smoke_copy, capsys):
@@ -58,7 +76,7 @@ def test_a_truncated_manifest_is_rebuilt_with_a_one_line_reason(smoke_copy, caps
     assert artifacts.stale_reason(smoke_copy, "index") is None
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", "{\"step\": \"adapter\"}", "\u00ff\u00fe"])
+@pytest.mark.parametrize("content", ["[1, 2]", '{"step": "adapter"}', "\u00ff\u00fe"])
 def test_a_foreign_manifest_is_stale_never_a_crash(smoke_copy, content):
     (smoke_copy.artifact_dir("merged") / "manifest.json").write_text(content, encoding="latin-1")
     assert artifacts.stale_reason(smoke_copy, "merged")

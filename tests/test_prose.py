@@ -19,8 +19,10 @@ def test_the_cpu_smoke_row_is_the_measured_course_run():
     measured = course_run("cpu-smoke")["03"]
     row = next(line for line in table.splitlines() if line.startswith("| `cpu-smoke`"))
     avx2 = course_run("cpu-smoke", "avx2")["03"]  # both kernel sets are measured, and both are named
-    assert (f"{measured['wall_seconds'] / 60:.1f} min with AVX-512, {avx2['wall_seconds'] / 60:.1f} min with AVX2 "
-            "only (measured)") in row
+    assert (
+        f"{measured['wall_seconds'] / 60:.1f} min with AVX-512, {avx2['wall_seconds'] / 60:.1f} min with AVX2 "
+        "only (measured)"
+    ) in row
     assert re.search(r"\| \d+ \| \d+ \|$", row)  # training steps and validations from the recipe check
 
 
@@ -34,8 +36,10 @@ def test_cpu_smoke_promises_the_measured_course_time_on_both_kernel_sets():
 
     expected = load_config("cpu-smoke").expected
     results = project_root() / "benchmarks" / "results"
-    for name, promised in (("course_run_cpu-smoke.json", expected.total_minutes),
-                           ("course_run_cpu-smoke_avx2.json", expected.total_minutes_avx2)):
+    for name, promised in (
+        ("course_run_cpu-smoke.json", expected.total_minutes),
+        ("course_run_cpu-smoke_avx2.json", expected.total_minutes_avx2),
+    ):
         run = json.loads((results / name).read_text())
         assert all(r["ok"] for r in run["notebooks"]) and len(run["notebooks"]) == 7, name
         assert promised == math.ceil(run["total_wall_seconds"] / 60), (name, promised, run["total_wall_seconds"])

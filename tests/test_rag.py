@@ -1,4 +1,7 @@
-"""ragcourse.rag (notebook 05): persisted index, explicit LlamaIndex settings, the training prompt, metrics, hybrid search."""
+"""ragcourse.rag (notebook 05).
+
+Persisted index, explicit LlamaIndex settings, the training prompt, metrics, hybrid search.
+"""
 
 import sys
 
@@ -89,8 +92,10 @@ def test_settings_are_ours_never_openai(cfg, embed_model, persisted, llm, monkey
 def test_query_engine_prompt_is_the_training_format(cfg, persisted, llm):
     engine = rag.query_engine(retrieval.make_retriever(persisted[0], cfg, "hybrid", top_k=3), llm, cfg)
     response = engine.query(QUESTION)
-    passages = [{"text": n.node.get_content(), "title": n.node.metadata["title"], "section": n.node.metadata["section"]}
-                for n in response.source_nodes]
+    passages = [
+        {"text": n.node.get_content(), "title": n.node.metadata["title"], "section": n.node.metadata["section"]}
+        for n in response.source_nodes
+    ]
     expected = prompts.messages(cfg.model.system_prompt, prompts.user_prompt(QUESTION, passages))
     assert response.metadata["messages"] == expected
     assert expected[1]["content"].startswith("Documents:\n[1] (AH-14 Service Manual › Compressor) ")
@@ -118,9 +123,13 @@ def test_retrieval_quality_table(cfg, persisted):
 def test_hybrid_finds_the_identifier_that_dense_misses(cfg, persisted):
     index, _ = persisted
     k = 3
-    ranks = {kind: rag.first_relevant_rank(rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=len(TOPICAL) + 1),
-                                                          [QUESTION])[0], {"ah14#000"})
-             for kind in ("dense", "bm25", "hybrid")}
+    ranks = {
+        kind: rag.first_relevant_rank(
+            rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=len(TOPICAL) + 1), [QUESTION])[0],
+            {"ah14#000"},
+        )
+        for kind in ("dense", "bm25", "hybrid")
+    }
     assert ranks["dense"] > k, ranks
     assert ranks["bm25"] == 1 and ranks["hybrid"] <= k, ranks
 
@@ -179,8 +188,14 @@ def tiny_cross_encoder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cross-encoder")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=1)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)  # safetensors by default
     tokenizer.save_pretrained(folder)
     return folder
@@ -191,14 +206,17 @@ def test_reranker_reorders_the_first_stage_by_cross_encoder_scores(persisted, ti
     from sentence_transformers import CrossEncoder
 
     index, _ = persisted
-    rcfg = load_config("cpu-smoke", rag={"rerank": True, "rerank_model": str(tiny_cross_encoder), "rerank_candidates": 6})
+    rcfg = load_config(
+        "cpu-smoke", rag={"rerank": True, "rerank_model": str(tiny_cross_encoder), "rerank_candidates": 6}
+    )
     assert retrieval.configured_kind(rcfg) == "hybrid+rerank" and retrieval.reranker(rcfg).trust_remote_code is False
     assert "6 candidates -> cross-encoder" in retrieval.describe_retrieval(rcfg)
 
     first = retrieval.make_retriever(index, rcfg, "hybrid", top_k=6).retrieve(QUESTION)
     reranked = retrieval.make_retriever(index, rcfg, top_k=3).retrieve(QUESTION)  # the configured kind: hybrid+rerank
     scores = CrossEncoder(str(tiny_cross_encoder)).predict(
-        [(QUESTION, hit.node.get_content(metadata_mode=MetadataMode.EMBED)) for hit in first])
+        [(QUESTION, hit.node.get_content(metadata_mode=MetadataMode.EMBED)) for hit in first]
+    )
     expected = [hit.node.node_id for _, hit in sorted(zip(scores, first), key=lambda pair: -pair[0])][:3]
     assert [hit.node.node_id for hit in reranked] == expected
     assert [hit.score for hit in reranked] == pytest.approx(sorted(scores, reverse=True)[:3], abs=1e-5)
@@ -208,8 +226,8 @@ def test_reranker_reorders_the_first_stage_by_cross_encoder_scores(persisted, ti
 
 
 def test_rerank_settings_are_checked_and_change_the_dataset():
-    from ragcourse.config import ConfigError
     from ragcourse.artifacts import fingerprint
+    from ragcourse.config import ConfigError
 
     with pytest.raises(ConfigError, match="rag.rerank_model"):
         load_config("cpu-smoke", rag={"rerank": True})
@@ -217,9 +235,87 @@ def test_rerank_settings_are_checked_and_change_the_dataset():
         load_config("cpu-smoke", rag={"rerank": True, "rerank_model": "owner/x", "rerank_candidates": 2})
     with pytest.raises(ValueError, match="dense, bm25 or hybrid"):
         retrieval.make_retriever(None, load_config("cpu-smoke"), "hybrid+colbert")
-    assert load_config("colab-t4").rag.rerank and "rag.rerank is off" in retrieval.describe_retrieval(load_config("cpu-smoke"))
+    assert load_config("colab-t4").rag.rerank and "rag.rerank is off" in retrieval.describe_retrieval(
+        load_config("cpu-smoke")
+    )
+
     # The distractors of notebook 01 are ranked by the serving retriever, so turning the reranker on rebuilds the data;
     # a reranker model that is switched off does not.
-    settings = lambda **rag_: fingerprint(load_config("cpu-smoke", rag=rag_), "dataset")["settings"]
+    def settings(**rag_):
+        return fingerprint(load_config("cpu-smoke", rag=rag_), "dataset")["settings"]
+
     assert settings() != settings(rerank=True, rerank_model="owner/m")
     assert settings() == settings(rerank_model="owner/m")
+
+
+# -- BM25 tokens that keep identifiers (issue 33) ---------------------------------------------------------------
+
+
+def test_lexical_tokens_keep_identifiers_whole_and_as_their_words():
+    tokens = retrieval.lexical_tokens(
+        "Call get_config() and Trainer.train(resume_from_checkpoint=True) with --resume, "
+        "dtype='bf16', getConfig, ECN-12 and `pip install -U peft`."
+    )
+    for whole in (
+        "get_config",
+        "trainer.train",
+        "resume_from_checkpoint=true",
+        "resume_from_checkpoint",
+        "--resume",
+        "dtype=bf16",
+        "dtype",
+        "getconfig",
+        "ecn-12",
+        "pip install -u peft",
+    ):
+        assert whole in tokens, whole
+    for part in ("get", "config", "trainer", "train", "resum", "checkpoint", "bf16", "ecn", "12", "peft"):
+        assert part in tokens, part  # the parts are stemmed like any word: --resume also matches "resume"
+    assert retrieval.lexical_tokens("transformers.Trainer.train")[:2] == ["transformers.trainer.train", "trainer.train"]
+
+
+def test_lexical_tokens_of_plain_english_are_llamaindex_defaults():
+    """Without identifiers, the tokens are those of LlamaIndex's default BM25: stop words out, English stems."""
+    import bm25s
+    import Stemmer
+
+    text = "The engines were running quickly, and the technicians stopped them at the valves of the circuit."
+    default = bm25s.tokenize(
+        [text], stopwords="english", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False
+    )[0]
+    assert retrieval.lexical_tokens(text) == default
+    assert "the" not in default and "engin" in default and "run" in default
+
+
+def test_an_identifier_query_finds_its_passage_in_either_spelling():
+    from llama_index.core.schema import TextNode
+
+    texts = [
+        "Call get_config() once at start-up; it reads chunk_size and the --resume flag from the YAML file.",
+        "The configuration file is read when the course starts, and every setting has a default.",
+        "Chunks are cut from each document with an overlap, so that a sentence is never lost at a boundary.",
+        "Training resumes from the last checkpoint when you pass the resume option to the trainer.",
+    ]
+    nodes = [TextNode(text=t, id_=f"doc#{i}") for i, t in enumerate(texts)]
+    ours, default = (retrieval.bm25_retriever(nodes, 4, tok) for tok in ("identifiers", "english"))
+    for query in ("get_config()", "get config", "chunk size", "chunk_size", "--resume flag"):
+        assert ours.retrieve(query)[0].node.node_id == "doc#0", query
+    # LlamaIndex's default tokens never meet "get_config" or "chunk_size" in a query written as words.
+    assert "doc#0" not in [h.node.node_id for h in default.retrieve("get config chunk size") if h.score > 0]
+    assert ours.retrieve("zzz qqq") == []  # no query word in the index: nothing to rank
+
+
+def test_the_bm25_tokenizer_is_a_config_key_and_a_dataset_input(cfg, persisted):
+    from ragcourse import artifacts
+
+    identifiers = load_config("cpu-smoke", rag={"bm25_tokenizer": "identifiers"})
+    assert cfg.rag.bm25_tokenizer == "english"
+    hits = [retrieval.make_retriever(persisted[0], c, "bm25", top_k=2).retrieve(QUESTION) for c in (cfg, identifiers)]
+    assert all(h[0].node.node_id == "ah14#000" for h in hits)
+    # The distractors of a dataset are ranked with BM25 too: a dataset built with other tokens is stale.
+    assert (
+        artifacts.fingerprint(cfg, "dataset")["settings"]["distractors"]
+        != artifacts.fingerprint(identifiers, "dataset")["settings"]["distractors"]
+    )
+    with pytest.raises(Exception, match="bm25_tokenizer"):
+        load_config("cpu-smoke", rag={"bm25_tokenizer": "porter"})

@@ -24,12 +24,16 @@ def test_identifier_query_is_the_identifier_plus_a_few_words_of_the_sentence():
 
 
 def test_identifiers_and_sentences_come_from_prose_only():
-    text = ("# Install\n\nUse the flag `--nbval-lax` to compare only the outputs of marked cells in a notebook.\n\n"
-            "```python\nmodel = get_peft_model(model, LoraConfig(r=8))\n```\n\n"
-            "    indented_code = call_me()\n\n- `update()` refreshes the bar when it is called by the user code.\n")
+    text = (
+        "# Install\n\nUse the flag `--nbval-lax` to compare only the outputs of marked cells in a notebook.\n\n"
+        "```python\nmodel = get_peft_model(model, LoraConfig(r=8))\n```\n\n"
+        "    indented_code = call_me()\n\n- `update()` refreshes the bar when it is called by the user code.\n"
+    )
     sentences = realdocs.prose_sentences(text)
-    assert sentences == ["Use the flag `--nbval-lax` to compare only the outputs of marked cells in a notebook.",
-                         "`update()` refreshes the bar when it is called by the user code."]
+    assert sentences == [
+        "Use the flag `--nbval-lax` to compare only the outputs of marked cells in a notebook.",
+        "`update()` refreshes the bar when it is called by the user code.",
+    ]
     assert realdocs.sentence_identifiers(sentences[0]) == ["--nbval-lax"]
     assert realdocs.sentence_identifiers(sentences[1]) == []  # a plain word, not a test of exact matching
     assert realdocs.is_identifier("LoraConfig") and realdocs.is_identifier("torch.distributed.run")
@@ -40,8 +44,11 @@ def test_relevant_chunks_hold_the_identifier_and_the_sentence():
     from llama_index.core.schema import TextNode
 
     item = {"question": "set_adapter switch adapters activate", "identifier": "set_adapter", "sentence": SENTENCE}
-    chunks = [TextNode(text=f"## Adapters\n\n{SENTENCE}", id_="a#0"), TextNode(text="Call `set_adapter` later.", id_="a#1"),
-              TextNode(text="To switch between adapters, call the method with a name.", id_="a#2")]
+    chunks = [
+        TextNode(text=f"## Adapters\n\n{SENTENCE}", id_="a#0"),
+        TextNode(text="Call `set_adapter` later.", id_="a#1"),
+        TextNode(text="To switch between adapters, call the method with a name.", id_="a#2"),
+    ]
     assert realdocs.locate_identifier_queries([item], chunks)[0]["oracle_ids"] == ["a#0"]
     assert realdocs.locate_identifier_queries([item], chunks[1:]) == []
 
@@ -72,12 +79,42 @@ def test_hybrid_is_not_worse_than_dense_on_real_docs(real_docs):
 def test_bm25_finds_an_exact_identifier_that_dense_misses_and_hybrid_keeps_it(real_docs):
     cfg, index, rows = real_docs
     questions = [r["question"] for r in rows]
-    ranks = {kind: [rag.first_relevant_rank(ids, set(r["oracle_ids"])) or 99 for ids, r in
-                    zip(rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=20), questions), rows)]
-             for kind in ("dense", "bm25", "hybrid")}
+    ranks = {
+        kind: [
+            rag.first_relevant_rank(ids, set(r["oracle_ids"])) or 99
+            for ids, r in zip(rag.ranked_ids(retrieval.make_retriever(index, cfg, kind, top_k=20), questions), rows)
+        ]
+        for kind in ("dense", "bm25", "hybrid")
+    }
     # The first query, in the generator's seeded order, that BM25 ranks in the top 5 and dense below it.
     case = next((i for i in range(len(rows)) if ranks["bm25"][i] <= 5 < ranks["dense"][i]), None)
     if case is None:
         pytest.skip("no query here that BM25 finds in the top 5 and dense does not")
     where = {kind: ranks[kind][case] for kind in ranks}
     assert where["hybrid"] <= 5, f"{rows[case]['question']!r}: ranks {where}"
+
+
+@pytest.mark.slow
+def test_identifier_tokens_find_identifiers_typed_either_way(real_docs):
+    """BM25 on ``retrieval.lexical_tokens`` (issue 33) against LlamaIndex's default English tokens, on questions where
+    the identifier is the only pointer ("What does the documentation say about set_adapter?"), with the identifier as
+    written and typed as words ("set adapter"): the course's tokens rank the relevant chunk at least as well as
+    written, and better as words."""
+    import dataclasses
+    import re
+
+    cfg, index, rows = real_docs
+    rows = [r for r in rows if re.search(r"[^A-Za-z0-9]", r["identifier"].lstrip("-"))]
+
+    def asked(name: str) -> list[dict]:
+        return [{**r, "question": f"What does the documentation say about {name(r['identifier'])}?"} for r in rows]
+
+    sets = {"as written": asked(lambda i: i), "as words": asked(lambda i: re.sub(r"[^A-Za-z0-9]+", " ", i).strip())}
+    mrr = {}
+    for tokenizer in ("identifiers", "english"):
+        tcfg = dataclasses.replace(cfg, rag=dataclasses.replace(cfg.rag, bm25_tokenizer=tokenizer))
+        for name, qs in sets.items():
+            quality = rag.retrieval_quality(index, qs, tcfg, kinds=["bm25"], max_k=5).set_index("k")["mrr"]
+            mrr[tokenizer, name] = round(float(quality[5]), 3)
+    assert mrr["identifiers", "as written"] >= mrr["english", "as written"] - 0.02, mrr
+    assert mrr["identifiers", "as words"] > mrr["english", "as words"], mrr

@@ -18,8 +18,18 @@ QUICK = [arg for item in QUICK_ARGS for arg in ("--set", item)]
 
 
 def run_all(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "ragcourse.cli", "run-all", "--preset", "cpu-smoke",
-           "--set", f"paths.output_root={tmp_path / 'outputs'}", *QUICK, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ragcourse.cli",
+        "run-all",
+        "--preset",
+        "cpu-smoke",
+        "--set",
+        f"paths.output_root={tmp_path / 'outputs'}",
+        *QUICK,
+        *extra,
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -42,7 +52,9 @@ def test_run_all_on_real_documentation(tmp_path):
 
     build_real_docs(tmp_path / "docs")
     write_reference_qa(data.load_documents(tmp_path / "docs"), tmp_path / "qa", n=60)
-    out = run_all(tmp_path, "--set", f"data.corpus_dir={tmp_path / 'docs'}", "--set", f"data.qa_dir={tmp_path / 'qa'}").stdout
+    out = run_all(
+        tmp_path, "--set", f"data.corpus_dir={tmp_path / 'docs'}", "--set", f"data.qa_dir={tmp_path / 'qa'}"
+    ).stdout
     for step in ("dataset", "adapter", "merged", "index", "eval"):
         assert f"{step}: building it (no {step} at" in out and f"{step}: built in" in out
     check_report(tmp_path)

@@ -1,4 +1,5 @@
-"""ragcourse.serve (notebook 05, section 10): the merged model behind ``transformers serve`` on loopback, queried from LlamaIndex.
+"""ragcourse.serve (notebook 05, section 10): the merged model behind ``transformers serve`` on loopback, queried
+from LlamaIndex.
 
 The server is a real ``transformers serve`` process with the cpu-smoke merged model. The fixture stops it (its
 whole process group) whatever the tests do, and checks that nothing of it is left.
@@ -115,8 +116,10 @@ def test_vllm_commands_say_which_base_and_why_qlora_adapters_drift_on_it(smoke_f
     assert cli.main(["serve", "--preset", "cpu-smoke", "--print", "--set", f"paths.output_root={tmp_path}"]) == 0
     lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
     command = next(i for i, line in enumerate(lines) if line.startswith("vllm serve ") and "--enable-lora" in line)
-    assert lines[command - 1] == serve.vllm_note(load_config("cpu-smoke", paths={"output_root": str(tmp_path)}),
-                                                 adapters={"fsr7-v1": "", "fsr7-v2": ""})  # printed above it
+    assert lines[command - 1] == serve.vllm_note(
+        load_config("cpu-smoke", paths={"output_root": str(tmp_path)}), adapters={"fsr7-v1": "", "fsr7-v2": ""}
+    )  # printed above it
+
 
 def test_missing_merged_model_names_the_fix(tmp_path):
     from ragcourse.config import load_config
@@ -150,8 +153,22 @@ def test_cli_prints_the_commands_without_starting_anything(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "ragcourse.cli", "serve", "--preset", "cpu-smoke", "--print",
-                          "--set", f"paths.output_root={tmp_path}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ragcourse.cli",
+            "serve",
+            "--preset",
+            "cpu-smoke",
+            "--print",
+            "--set",
+            f"paths.output_root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "transformers serve " in out and "--host 127.0.0.1" in out
     assert "vllm serve " in out and "--enable-lora" in out and "fsr7-v2=" in out
     assert not (tmp_path / "cpu-smoke" / "merged").exists()  # --print built nothing

@@ -15,12 +15,28 @@ from ragcourse import train
 from ragcourse.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["training.max_steps=6", "training.save_steps=2", "training.eval_steps=2", "training.logging_steps=1",
-         "data.max_train_examples=24", "data.max_eval_examples=4", "training.save_total_limit=5"]
+SHORT = [
+    "training.max_steps=6",
+    "training.save_steps=2",
+    "training.eval_steps=2",
+    "training.logging_steps=1",
+    "data.max_train_examples=24",
+    "data.max_eval_examples=4",
+    "training.save_total_limit=5",
+]
 
 
 def _cli(root: Path, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "ragcourse.cli", "train", "--preset", "cpu-smoke", "--set", f"paths.output_root={root}"]
+    args = [
+        sys.executable,
+        "-m",
+        "ragcourse.cli",
+        "train",
+        "--preset",
+        "cpu-smoke",
+        "--set",
+        f"paths.output_root={root}",
+    ]
     for item in SHORT:
         args += ["--set", item]
     return args + list(extra)
@@ -77,7 +93,10 @@ def test_sft_config_follows_hardware():
     args = train.sft_config(cfg, "/tmp/x", hw=cpu)
     assert args.use_cpu and not args.bf16 and not args.fp16 and args.optim == "adamw_torch"
     assert args.completion_only_loss and args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
-    assert train.optimizer_name(cfg, Hardware("cuda", "T4", (7, 5), False, 15.0, 14.0, 2, 2, 12.0, True)) == "paged_adamw_8bit"
+    assert (
+        train.optimizer_name(cfg, Hardware("cuda", "T4", (7, 5), False, 15.0, 14.0, 2, 2, 12.0, True))
+        == "paged_adamw_8bit"
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -137,11 +156,34 @@ def test_two_cpu_processes_train_one_adapter(smoke, tmp_path):
     flag makes accelerate 1.15 start one process only."""
     root = tmp_path / "ddp"
     shutil.copytree(smoke.artifact_dir("dataset"), root / "cpu-smoke" / "dataset")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"),
-           "-m", "ragcourse.cli", "train", "--preset", "cpu-smoke",
-           "--set", f"paths.output_root={root}", "--set", "training.max_steps=2", "--set", "training.eval_steps=2",
-           "--set", "training.save_steps=2", "--set", "training.logging_steps=1", "--set", "data.max_train_examples=24",
-           "--set", "data.max_eval_examples=4", "--set", "training.per_device_train_batch_size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"),
+        "-m",
+        "ragcourse.cli",
+        "train",
+        "--preset",
+        "cpu-smoke",
+        "--set",
+        f"paths.output_root={root}",
+        "--set",
+        "training.max_steps=2",
+        "--set",
+        "training.eval_steps=2",
+        "--set",
+        "training.save_steps=2",
+        "--set",
+        "training.logging_steps=1",
+        "--set",
+        "data.max_train_examples=24",
+        "--set",
+        "data.max_eval_examples=4",
+        "--set",
+        "training.per_device_train_batch_size=2",
+    ]
     res = subprocess.run(cmd, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     adapter = root / "cpu-smoke" / "adapter"
@@ -175,14 +217,30 @@ def test_a_real_trainer_stops_at_the_first_nan_loss(tmp_path):
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with torch.no_grad():
         model.lm_head.weight[0, 0] = float("nan")
     ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 8
     data = Dataset.from_dict({"input_ids": ids, "labels": ids})
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4, logging_steps=1,
-                             use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=5,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[train.stop_on_non_finite_loss()])
     with pytest.raises(train.NonFiniteLossError, match="training loss is nan at step 1"):
         trainer.train()
@@ -202,13 +260,22 @@ def test_report_to_tensorboard_writes_event_files_offline(tmp_path):
     cfg = load_config("cpu-smoke", training={"report_to": "tensorboard", "max_steps": 2, "logging_steps": 1})
     assert load_config("cpu-smoke").training.report_to == "none"
     cpu = Hardware("cpu", None, None, False, None, None, 2, 2, 24.0, False)
-    args = train.sft_config(cfg, tmp_path, hw=cpu, eval_strategy="no", save_strategy="no",
-                            load_best_model_at_end=False, disable_tqdm=True)
+    args = train.sft_config(
+        cfg, tmp_path, hw=cpu, eval_strategy="no", save_strategy="no", load_best_model_at_end=False, disable_tqdm=True
+    )
     assert args.report_to == ["tensorboard"]
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 8
     Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids})).train()
     events = sorted((tmp_path / "runs").rglob("events.out.tfevents.*"))
@@ -218,9 +285,9 @@ def test_report_to_tensorboard_writes_event_files_offline(tmp_path):
 
 
 def test_report_to_names_the_install_when_the_tracker_is_missing(monkeypatch):
-    from ragcourse.config import ConfigError
-
     import importlib.util
+
+    from ragcourse.config import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))

@@ -19,11 +19,14 @@ from ragcourse import retrieval
 from ragcourse.config import load_config
 
 CHUNKS = 240  # real chunks of the corpus: enough for rankings to differ, few enough to embed in seconds
-needs_qdrant = pytest.mark.skipif(importlib.util.find_spec("qdrant_client") is None,
-                                  reason="pip install 'ragcourse[qdrant]'")
+needs_qdrant = pytest.mark.skipif(
+    importlib.util.find_spec("qdrant_client") is None, reason="pip install 'ragcourse[qdrant]'"
+)
 needs_postgres = pytest.mark.skipif(
-    not all(importlib.util.find_spec(m) for m in ("pgserver", "psycopg2", "pgvector", "llama_index.vector_stores")) or
-    importlib.util.find_spec("llama_index.vector_stores.postgres") is None, reason="pip install 'ragcourse[postgres]'")
+    not all(importlib.util.find_spec(m) for m in ("pgserver", "psycopg2", "pgvector", "llama_index.vector_stores"))
+    or importlib.util.find_spec("llama_index.vector_stores.postgres") is None,
+    reason="pip install 'ragcourse[postgres]'",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,9 @@ def _top_ids(index, cfg, questions, k=5):
 
 
 def store_cfg(root, store, location):
-    return load_config("cpu-smoke", paths={"output_root": str(root)},
-                       rag={"vector_store": store, "vector_store_url": str(location)})
+    return load_config(
+        "cpu-smoke", paths={"output_root": str(root)}, rag={"vector_store": store, "vector_store_url": str(location)}
+    )
 
 
 def builds_and_ranks_like_the_default_store(corpus, cfg, store_class, between=lambda: None):
@@ -69,8 +73,9 @@ def builds_and_ranks_like_the_default_store(corpus, cfg, store_class, between=la
     assert _top_ids(reloaded, cfg, questions, k=3) == [ids[:3] for ids in expected]
     hybrid = retrieval.make_retriever(reloaded, cfg, "hybrid", top_k=4)
     default_hybrid = retrieval.make_retriever(simple, cfg, "hybrid", top_k=4)
-    assert [h.node.node_id for h in hybrid.retrieve(questions[0])] == \
-           [h.node.node_id for h in default_hybrid.retrieve(questions[0])]
+    assert [h.node.node_id for h in hybrid.retrieve(questions[0])] == [
+        h.node.node_id for h in default_hybrid.retrieve(questions[0])
+    ]
 
     # A rebuild replaces the stored vectors instead of adding a second copy of each; the default index's own
     # vectors (stored_nodes) fill it without embedding again, and rank the same.
@@ -100,9 +105,17 @@ def test_embedded_qdrant_builds_persists_reloads_and_ranks_like_the_default_stor
 @needs_qdrant
 def test_embedded_qdrant_folder_in_use_by_another_process_names_the_fix(tmp_path):
     folder = tmp_path / "qdrant"
-    holder = subprocess.Popen([sys.executable, "-c", f"import qdrant_client, sys; c = qdrant_client.QdrantClient("
-                               f"path={str(folder)!r}); print('open', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import qdrant_client, sys; c = qdrant_client.QdrantClient("
+            f"path={str(folder)!r}); print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(retrieval.VectorStoreUnavailable, match="open in another process"):
@@ -113,16 +126,24 @@ def test_embedded_qdrant_folder_in_use_by_another_process_names_the_fix(tmp_path
 
 
 def test_vector_store_url_is_a_server_or_a_folder(tmp_path):
-    for url in ("http://localhost:6333", "https://q.example:6333", "postgresql://postgres@localhost:5432/postgres",
-                "postgres://u@db/rag"):
+    for url in (
+        "http://localhost:6333",
+        "https://q.example:6333",
+        "postgresql://postgres@localhost:5432/postgres",
+        "postgres://u@db/rag",
+    ):
         assert retrieval.is_server_url(url), url
     assert not retrieval.is_server_url("outputs/qdrant") and not retrieval.is_server_url("outputs/pgvector")
     from ragcourse.config import project_root
 
-    assert retrieval.store_location(store_cfg(tmp_path, "qdrant", "outputs/qdrant")) == str(project_root() / "outputs" / "qdrant")
+    assert retrieval.store_location(store_cfg(tmp_path, "qdrant", "outputs/qdrant")) == str(
+        project_root() / "outputs" / "qdrant"
+    )
     assert retrieval.store_location(load_config("cpu-smoke", rag={"vector_store": "qdrant"})) == "http://localhost:6333"
-    assert retrieval.store_location(load_config("cpu-smoke", rag={"vector_store": "postgres"})) == \
-        "postgresql://postgres@localhost:5432/postgres"
+    assert (
+        retrieval.store_location(load_config("cpu-smoke", rag={"vector_store": "postgres"}))
+        == "postgresql://postgres@localhost:5432/postgres"
+    )
     assert retrieval.shown_location("postgresql://rag:s3cret@db:5432/rag") == "postgresql://rag:***@db:5432/rag"
 
 
@@ -149,8 +170,11 @@ def pg_folder(tmp_path):
         finally:  # the postmaster this test started, if pg_ctl could not stop it
             try:
                 server = psutil.Process(pid) if pid else None
-                running = (server is not None and server.status() != psutil.STATUS_ZOMBIE
-                           and str(folder) in " ".join(server.cmdline()))  # still that server, not a reused pid
+                running = (
+                    server is not None
+                    and server.status() != psutil.STATUS_ZOMBIE
+                    and str(folder) in " ".join(server.cmdline())
+                )  # still that server, not a reused pid
             except psutil.Error:  # gone (a zombie waits for its parent to reap it: it has exited too)
                 running = False
             if running:
@@ -159,8 +183,9 @@ def pg_folder(tmp_path):
 
 
 @needs_postgres
-def test_postgres_pgvector_builds_persists_reloads_and_ranks_like_the_default_store(corpus, pg_folder, tmp_path,
-                                                                                     record_property):
+def test_postgres_pgvector_builds_persists_reloads_and_ranks_like_the_default_store(
+    corpus, pg_folder, tmp_path, record_property
+):
     import sqlalchemy
 
     nodes, _, embed_model, _ = corpus
@@ -185,13 +210,27 @@ def test_postgres_pgvector_builds_persists_reloads_and_ranks_like_the_default_st
 
     reloaded, target = builds_and_ranks_like_the_default_store(corpus, cfg, "PGVectorStore", between=stop_the_server)
     print(f"pgserver: restart on the persisted folder + reload in {time.perf_counter() - restart['t']:.2f} s")
-    assert retrieval.postgres_vectors(retrieval.open_postgres(str(pg_folder))[0], "ragcourse_cpu_smoke") == (len(nodes), 384)
+    assert retrieval.postgres_vectors(retrieval.open_postgres(str(pg_folder))[0], "ragcourse_cpu_smoke") == (
+        len(nodes),
+        384,
+    )
 
     # A second process uses the same server at the same time (unlike embedded Qdrant), and its exit does not stop it.
     pid = postmaster_pid(pg_folder)
-    child = subprocess.run([sys.executable, "-W", "ignore", "-c", "import pgserver, sys; print(pgserver.get_server("
-                            "sys.argv[1]).psql('SELECT count(*) FROM data_ragcourse_cpu_smoke'))", str(pg_folder)],
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-c",
+            "import pgserver, sys; print(pgserver.get_server("
+            "sys.argv[1]).psql('SELECT count(*) FROM data_ragcourse_cpu_smoke'))",
+            str(pg_folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == 0 and f" {len(nodes)}\n" in child.stdout, child.stdout + child.stderr
     assert postmaster_pid(pg_folder) == pid
     assert _top_ids(reloaded, cfg, corpus[1][:2]) == _top_ids(corpus[3], cfg, corpus[1][:2])
@@ -207,7 +246,9 @@ def test_postgres_switch_explains_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "llama_index.vector_stores.postgres", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "pgserver", None)
     for location in ("postgresql://postgres@localhost:5432/postgres", tmp_path / "pgvector"):
-        with pytest.raises(retrieval.VectorStoreUnavailable, match="pip install llama-index-vector-stores-postgres") as err:
+        with pytest.raises(
+            retrieval.VectorStoreUnavailable, match="pip install llama-index-vector-stores-postgres"
+        ) as err:
             retrieval.vector_store(store_cfg(tmp_path, "postgres", location))
         assert "ragcourse[postgres]" in str(err.value) and "pgvector/pgvector" in str(err.value)
     assert not (tmp_path / "pgvector").exists()

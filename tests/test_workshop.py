@@ -24,8 +24,10 @@ def course(tmp_path: Path) -> Path:
     for path in workshop.notebook_order(NOTEBOOKS):
         shutil.copy(path, src / path.name)
     nb = nbformat.read(src / "00_setup.ipynb", as_version=4)
-    cell = nbformat.v4.new_code_cell("# Your turn (easy): print the preset.\n# Hint: cfg.preset\nprint(cfg.preset)\n",
-                                     metadata={"tags": ["solution"]})
+    cell = nbformat.v4.new_code_cell(
+        "# Your turn (easy): print the preset.\n# Hint: cfg.preset\nprint(cfg.preset)\n",
+        metadata={"tags": ["solution"]},
+    )
     cell.id = "synthetic-solution"
     nb.cells.append(cell)
     nbformat.write(nb, src / "00_setup.ipynb")
@@ -58,11 +60,16 @@ def test_learner_copy_blanks_solutions_and_keeps_every_other_cell():
 
 def test_learner_copy_keeps_the_your_turn_prompt_and_strips_outputs():
     prompt = "# Your turn (medium): count the parameters.\n# Use lora.count_lora_parameters."
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(f"{prompt}\nn = 1\n# a comment inside the solution", metadata={"tags": ["solution", "x"]}),
-        nbformat.v4.new_code_cell("print(1)", execution_count=3,
-                                  outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")]),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                f"{prompt}\nn = 1\n# a comment inside the solution", metadata={"tags": ["solution", "x"]}
+            ),
+            nbformat.v4.new_code_cell(
+                "print(1)", execution_count=3, outputs=[nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+            ),
+        ]
+    )
     exercise, plain = workshop.learner_copy(nb).cells
     assert exercise.source == f"{prompt}\n# TODO: your code here\n..."
     assert exercise.metadata["tags"] == ["exercise", "x"]
@@ -83,7 +90,9 @@ def test_learner_copies_are_deterministic_and_written_once(course: Path, tmp_pat
     assert exercise.source == "# Your turn (easy): print the preset.\n# Hint: cfg.preset\n# TODO: your code here\n..."
 
 
-def test_check_finds_stale_missing_and_orphaned_copies(course: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+def test_check_finds_stale_missing_and_orphaned_copies(
+    course: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     dst = tmp_path / "learner"
     args = ["learner-copies", "--check", "--src", str(course), "--dst", str(dst)]
     assert main(["learner-copies", "--src", str(course), "--dst", str(dst)]) == 0
@@ -109,14 +118,20 @@ def test_check_finds_stale_missing_and_orphaned_copies(course: Path, tmp_path: P
 def test_navigation_expects_badge_and_neighbours():
     navs = workshop.navigation(NOTEBOOKS)
     assert navs[0].notebook == "00_setup.ipynb" and navs[0].previous is None and navs[-1].next is None
-    assert navs[0].badge_url == "https://colab.research.google.com/github/ragcourse/ragcourse/blob/main/notebooks/00_setup.ipynb"
+    assert (
+        navs[0].badge_url
+        == "https://colab.research.google.com/github/ragcourse/ragcourse/blob/main/notebooks/00_setup.ipynb"
+    )
     assert navs[1].previous == "00_setup.ipynb" and navs[1].next == navs[2].notebook
 
 
 def test_link_problems_finds_broken_and_wrong_links_and_fix_repairs_them(course: Path):
     _set_first_cell(course / "03_qlora_training.ipynb", "(04_adapter_merge.ipynb)", "(07_missing.ipynb)")
-    _set_first_cell(course / "02_lora_config.ipynb", "Previous: [01 · Data prep](01_data_prep.ipynb)",
-                    "Previous: [00 · Setup](00_setup.ipynb)")
+    _set_first_cell(
+        course / "02_lora_config.ipynb",
+        "Previous: [01 · Data prep](01_data_prep.ipynb)",
+        "Previous: [00 · Setup](00_setup.ipynb)",
+    )
     _set_first_cell(course / "04_adapter_merge.ipynb", "/04_adapter_merge.ipynb)", "/04_merge.ipynb)")
     problems = workshop.link_problems(course)
     assert "03_qlora_training.ipynb: link to 07_missing.ipynb, which does not exist" in problems
@@ -137,7 +152,9 @@ def test_link_problems_finds_broken_and_wrong_links_and_fix_repairs_them(course:
 
 # The real notebooks: notebook 05's first cell links "Next" to 06_evaluation.ipynb, which is still being written,
 # so link_problems(notebooks/) currently reports exactly that one problem. The assertion switches on once 06 exists.
-@pytest.mark.skipif(not (NOTEBOOKS / "06_evaluation.ipynb").exists(), reason="notebooks/06_evaluation.ipynb not written yet")
+@pytest.mark.skipif(
+    not (NOTEBOOKS / "06_evaluation.ipynb").exists(), reason="notebooks/06_evaluation.ipynb not written yet"
+)
 def test_real_notebooks_have_no_link_problems():
     assert workshop.link_problems(NOTEBOOKS) == []
 

@@ -60,9 +60,11 @@ def colab_snapshot() -> dict[str, str]:
 
 def colab_moves() -> set[str]:
     """The preloaded packages ``requirements-colab.txt`` names (the only ones the setup cell may move)."""
-    return {canonicalize_name(Requirement(l.split(" #", 1)[0].strip()).name)
-            for l in (ROOT / "requirements-colab.txt").read_text().splitlines()
-            if l.strip() and not l.lstrip().startswith(("#", "-"))}
+    return {
+        canonicalize_name(Requirement(line.split(" #", 1)[0].strip()).name)
+        for line in (ROOT / "requirements-colab.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "-"))
+    }
 
 
 def declared_versions() -> dict[str, str]:
