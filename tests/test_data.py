@@ -302,19 +302,7 @@ def test_refusal_share_adds_near_miss_refusals_and_keeps_the_sample_size():
         )
         for i in range(12)
     }
-    items = [
-        {
-            "id": f"q{i}",
-            "type": "numeric",
-            "question": f"What charge does unit {i} hold?",
-            "answer": f"{i}.5 kg.",
-            "key_fact": f"{i}.5 kg",
-            "doc_ids": [f"d{i}"],
-            "supporting_passages": [f"Unit {i} holds {i}.5 kg of charge."],
-            "oracle_ids": [f"d{i}#0"],
-        }
-        for i in range(10)
-    ]
+    items = _injection_items()
     items.append(
         {
             "id": "u",
